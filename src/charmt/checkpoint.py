@@ -1,0 +1,211 @@
+"""The model directory: `config.json` + `model.safetensors`, written atomically, loaded without pickle.
+
+    MODEL_DIR/
+      config.json          format version, architecture, vocabularies, selection and training options
+      model.safetensors    the best weights (by validation chrF); what `translate` uses
+      checkpoint.safetensors  the last checkpoint: weights, optimizer, RNG and position, for --resume
+      log.jsonl            one line of metrics per epoch
+      split.json           line numbers of the validation and test pairs in the data file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from .errors import ModelFormatError
+from .model import ModelConfig, Seq2Seq
+from .vocab import Vocab
+
+FORMAT = "charmt-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+LOG_FILE = "log.jsonl"
+SPLIT_FILE = "split.json"
+
+
+@dataclass
+class ModelInfo:
+    """Everything in config.json: enough to rebuild and use the model without the training data."""
+
+    model: ModelConfig
+    source_vocab: Vocab
+    target_vocab: Vocab
+    preset: str = "custom"
+    max_source_length: int = 0  # longest source seen in training (characters)
+    max_target_length: int = 0  # longest target seen in training (characters, without START/END)
+    selection: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    # Set for models imported from the Keras example, whose decoding quirks must be reproduced:
+    # {"source_length": N, "pad_char": " ", "max_decode_length": M}
+    keras_compat: dict | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "preset": self.preset,
+            "model": self.model.to_dict(),
+            "source_vocab": self.source_vocab.tokens,
+            "target_vocab": self.target_vocab.tokens,
+            "max_source_length": self.max_source_length,
+            "max_target_length": self.max_target_length,
+            "selection": self.selection,
+            "training": self.training,
+            "data": self.data,
+            "keras_compat": self.keras_compat,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict, where: str) -> ModelInfo:
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            raise ModelFormatError(f"{where} is not a charmt model config (no \"format\": \"{FORMAT}\")")
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{where} has format version {version!r}, newer than this charmt reads ({FORMAT_VERSION}); "
+                "upgrade charmt"
+            )
+        try:
+            info = cls(
+                model=ModelConfig(**obj["model"]),
+                source_vocab=Vocab(obj["source_vocab"]),
+                target_vocab=Vocab(obj["target_vocab"]),
+                preset=obj.get("preset", "custom"),
+                max_source_length=int(obj.get("max_source_length", 0)),
+                max_target_length=int(obj.get("max_target_length", 0)),
+                selection=obj.get("selection") or {},
+                training=obj.get("training") or {},
+                data=obj.get("data") or {},
+                keras_compat=obj.get("keras_compat"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFormatError(f"{where} is malformed ({type(err).__name__}: {err})") from None
+        if len(info.source_vocab) != info.model.src_vocab_size or len(info.target_vocab) != info.model.tgt_vocab_size:
+            raise ModelFormatError(f"{where}: vocabulary sizes do not match the model's src/tgt_vocab_size")
+        return info
+
+
+# --- atomic files -----------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, flush it to disk, then rename: a crash leaves the old file whole."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path} is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"{path} is truncated or not JSON ({err})") from None
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, save_safetensors_bytes(tensors, metadata=metadata))
+
+
+def load_tensors(path: str | os.PathLike, *, with_metadata: bool = False):
+    """Read a safetensors file: plain tensors only, never pickled code (and its metadata if asked)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        tensors = load_safetensors_bytes(data)
+        if not with_metadata:
+            return tensors
+        header_size = int.from_bytes(data[:8], "little")
+        return tensors, json.loads(data[8 : 8 + header_size]).get("__metadata__", {})
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path} is missing") from None
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise ModelFormatError(f"{path} is truncated or not a safetensors file ({err})") from None
+
+
+# --- model directories ------------------------------------------------------------------------------------
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def save_model(directory: str | os.PathLike, model: Seq2Seq, info: ModelInfo, weights_file: str = WEIGHTS_FILE) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_tensors(directory / weights_file, model.state_dict(), metadata={"format": FORMAT})
+    write_json(directory / CONFIG_FILE, info.to_json())
+
+
+def load_info(directory: str | os.PathLike) -> ModelInfo:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelFormatError(f"{directory} is not a model directory (no such directory)")
+    config_path = directory / CONFIG_FILE
+    if not config_path.exists():
+        raise ModelFormatError(f"{config_path} is missing: {directory} is not a charmt model directory")
+    return ModelInfo.from_json(read_json(config_path), str(config_path))
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
+               weights_file: str = WEIGHTS_FILE) -> tuple[Seq2Seq, ModelInfo]:
+    """Rebuild the model from config.json and load its weights; errors name the file at fault."""
+    info = load_info(directory)
+    model = Seq2Seq(info.model)
+    weights_path = Path(directory) / weights_file
+    load_state(model, load_tensors(weights_path), str(weights_path))
+    return model.to(device).eval(), info
+
+
+def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Strictly load `tensors` into `model`, listing missing, unexpected or wrongly shaped weights."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:4]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:4]}")
+        if wrong:
+            parts.append(f"wrong shape {[(k, tuple(tensors[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}")
+        raise ModelFormatError(f"{where} does not match config.json: " + "; ".join(parts))
+    model.load_state_dict(tensors)

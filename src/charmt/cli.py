@@ -1,0 +1,349 @@
+"""The `charmt` command. The only place where errors become one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import fields, replace
+from importlib import resources
+from pathlib import Path
+
+from .data import SelectionConfig
+from .errors import CharmtError
+from .model import ModelConfig
+from .train import PRESETS, TrainConfig
+
+log = logging.getLogger("charmt")
+DEMO_CORPUS = "eng-fra.txt"
+
+
+def _no_limit(value: str) -> int:
+    """Integer option where 0 means "no limit" (stored as None)."""
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or positive")
+    return number
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """Options that override the preset; their help shows the `seed` preset's values from the dataclasses."""
+    m, t, s = ModelConfig(), TrainConfig(), SelectionConfig()
+    g = p.add_argument_group("model (default: the preset's)")
+    g.add_argument("--hidden-size", type=int, help=f"LSTM size (seed: {m.hidden_size})")
+    g.add_argument("--embedding-size", type=int, help="0 for one-hot inputs as in the example (seed: 0)")
+    g.add_argument("--layers", type=int, dest="num_layers", help=f"LSTM layers (seed: {m.num_layers})")
+    g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
+                   help="bidirectional encoder (seed: no)")
+    g.add_argument("--attention", choices=["none", "luong"], help=f"decoder attention (seed: {m.attention})")
+    g.add_argument("--dropout", type=float, help=f"dropout (seed: {m.dropout})")
+    g = p.add_argument_group("training (default: the preset's)")
+    g.add_argument("--epochs", type=int, help=f"epochs (seed: {t.epochs})")
+    g.add_argument("--batch-size", type=int, help=f"pairs per batch (seed: {t.batch_size})")
+    g.add_argument("--optimizer", choices=["rmsprop", "adam", "adamw"], help=f"(seed: {t.optimizer})")
+    g.add_argument("--learning-rate", "--lr", type=float, help=f"(seed: {t.learning_rate})")
+    g.add_argument("--lr-schedule", choices=["constant", "plateau", "cosine"], help=f"(seed: {t.lr_schedule})")
+    g.add_argument("--clip-grad-norm", type=float, help="gradient clipping, 0 for none (seed: 0)")
+    g.add_argument("--patience", type=int, help="early stopping after N epochs without better chrF, 0: off")
+    g.add_argument("--time-budget", type=float, dest="time_budget_minutes", metavar="MINUTES",
+                   help="stop cleanly after this many minutes, keeping the best checkpoint")
+    g.add_argument("--seed", type=int, help=f"random seed of initialisation and batch order (seed: {t.seed})")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
+    g.add_argument("--eval-sentences", type=int, help=f"validation sentences decoded per epoch ({t.eval_sentences})")
+    g = p.add_argument_group("data selection (default: the preset's; seed = the example's)")
+    g.add_argument("--shuffle-seed", type=int, help=f"seed of the line shuffle (seed: {s.seed})")
+    g.add_argument("--max-input-length", type=_no_limit,
+                   help=f"skip sources longer than this, 0 for no limit (seed: {s.max_input_length})")
+    g.add_argument("--max-target-length", type=_no_limit, help="skip targets longer than this, 0 for no limit")
+    g.add_argument("--dedupe", action=argparse.BooleanOptionalAction, default=None,
+                   help="skip sources whose punctuation-stripped form was seen (seed: yes)")
+    g.add_argument("--num-samples", type=_no_limit, help=f"keep this many pairs, 0 for all (seed: {s.num_samples})")
+    g.add_argument("--validation-fraction", type=float, help=f"(seed: {s.validation_fraction})")
+    g.add_argument("--test-fraction", type=float, help=f"held out for `evaluate` (seed: {s.test_fraction})")
+    g.add_argument("--reverse", action="store_true", default=None,
+                   help="translate from the second column into the first (e.g. French to English)")
+
+
+def _configs_from_args(args) -> tuple[ModelConfig, TrainConfig, SelectionConfig]:
+    """The preset's configs with the options given on the command line applied."""
+    from .train import preset_configs, updated
+
+    given = vars(args)
+
+    def options(config, renames: dict[str, str] | None = None) -> dict:
+        renames = renames or {}
+        return {f.name: given.get(renames.get(f.name, f.name)) for f in fields(config)}
+
+    model, training, selection = preset_configs(args.preset)
+    model = updated(model, **options(model))
+    training = updated(training, **options(training))
+    selection = updated(selection, **options(selection, {"seed": "shuffle_seed"}))
+    no_limit = {name: None for name in ("max_input_length", "max_target_length", "num_samples") if given.get(name) == 0}
+    return model, training, replace(selection, **no_limit)
+
+
+class _Progress:
+    """Renders training events: a tqdm bar per epoch, then a line of metrics and a few decoded samples."""
+
+    def __init__(self, quiet: bool = False):
+        self.bar = None
+        self.quiet = quiet
+
+    def __call__(self, event: str, info: dict) -> None:
+        from tqdm import tqdm
+
+        if event == "selection":
+            skipped = ", ".join(f"{n} {reason}" for reason, n in info["skipped"].items()) or "none"
+            _say(info["corpus"])
+            _say(f"Number of samples: {info['samples']} (train {info['train']}, validation {info['validation']}, "
+                 f"test {info['test']})")
+            _say(f"Number of unique input tokens: {info['source_vocab'] - 4} (+4 special)")
+            _say(f"Number of unique output tokens: {info['target_vocab'] - 4} (+4 special)")
+            _say(f"Max sequence length for inputs: {info['max_input_length']}")
+            _say(f"Max sequence length for outputs: {info['max_target_length']} (with start and end)")
+            _say(f"Skipped: {skipped}")
+        elif event == "start":
+            _say(f"Device: {info['device']}" + (f" x {info['world_size']} processes" if info["world_size"] > 1 else "")
+                 + f"; {info['parameters']:,} parameters; {info['steps_per_epoch']} steps per epoch")
+        elif event == "step":
+            if self.bar is None:
+                self.bar = tqdm(total=info["steps"], desc=f"epoch {info['epoch']}", unit="batch", leave=False,
+                                disable=None if not self.quiet else True, initial=info["step"] - 1)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['accuracy']:.3f}",
+                                 pairs_s=f"{info['pairs_per_s']:.0f}", refresh=False)
+        elif event == "epoch":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            line = f"epoch {info['epoch']}: loss {info['train_loss']:.4f}, masked acc {info['train_accuracy']:.4f}"
+            if "val_loss" in info:
+                line += (f" | val loss {info['val_loss']:.4f}, masked acc {info['val_accuracy']:.4f}, "
+                         f"chrF {info['val_chrf']:.1f}, BLEU {info['val_bleu']:.1f}")
+            line += f" | {info['seconds']:.0f}s" + (" (best)" if info.get("best") else "")
+            _say(line)
+            for sample in info.get("samples", []):
+                _say(f"    {sample['source']!r} -> {sample['output']!r} (reference {sample['reference']!r})")
+        elif event == "warning":
+            log.warning(info["message"])
+        elif event == "end":
+            _say(f"Stopped after {info['epochs_run']} epochs ({info['stopped_because']}); best epoch "
+                 f"{info['best_epoch']}; model written to {info['out_dir']}")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    model, training, selection = _configs_from_args(args)
+    out = args.out or f"models/{Path(args.data).stem}-{args.preset}"
+    train(args.data, out, model_config=model, train_config=training, selection=selection, preset=args.preset,
+          resume=args.resume, overwrite=args.overwrite, callback=_Progress(args.quiet))
+    return 0
+
+
+def _read_inputs(texts: list[str]) -> list[str]:
+    if texts:
+        return texts
+    data = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    if data.startswith("\ufeff"):
+        data = data[1:]
+    lines = data.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another
+    return [line.rstrip("\r") for line in lines]
+
+
+def cmd_translate(args) -> int:
+    from .decode import Translator
+
+    translator = Translator.load(args.model, device=args.device)
+    log.info("device: %s", translator.device)
+    inputs = _read_inputs(args.text)
+    if args.n_best > 1:
+        results = translator.translate_n_best(inputs, beam=max(args.beam, args.n_best), n_best=args.n_best,
+                                              batch_size=args.batch_size, split=not args.no_split)
+        for i, hyps in enumerate(results):
+            for hyp in hyps:
+                print(f"{i}\t{hyp.score:.4f}\t{hyp.text}")
+            if not hyps:
+                print(f"{i}\t\t")
+    else:
+        for line in translator.translate(inputs, beam=args.beam, batch_size=args.batch_size, split=not args.no_split):
+            print(line)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_file
+
+    report = evaluate_file(args.model, args.data, split=args.split, beam=args.beam, device=args.device,
+                           max_sentences=args.max_sentences)
+    if args.output:
+        Path(args.output).write_text("".join(h + "\n" for h in report.hypotheses), encoding="utf-8")
+    if args.json:
+        print(json.dumps(report.summary(), indent=2))
+        return 0
+    print(f"pairs: {report.pairs} ({report.split}); sentences: {report.sentences}; "
+          f"references per sentence: {report.references_per_sentence:.2f}")
+    print(f"chrF: {report.chrf:.2f}")
+    print(f"BLEU: {report.bleu:.2f}")
+    print(f"exact match: {100 * report.exact_match:.1f}%")
+    print(f"masked character accuracy (teacher forcing): {report.masked_accuracy:.4f}")
+    print(f"{'source length':>14} {'sentences':>9} {'chrF':>6} {'BLEU':>6} {'exact':>6}")
+    for row in report.by_length:
+        print(f"{row['lengths']:>14} {row['sentences']:>9} {row['chrf']:>6.1f} {row['bleu']:>6.1f} "
+              f"{100 * row['exact_match']:>5.1f}%")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import checkpoint as ckpt
+    from .explain import encoding_table
+
+    if ckpt.is_model_dir(args.model_or_data):
+        info = ckpt.load_info(args.model_or_data)
+        source_vocab, target_vocab = info.source_vocab, info.target_vocab
+    else:  # a pair file: build the vocabularies the example's way
+        from .data import read_corpus, select
+        from .vocab import Vocab
+
+        pairs = select(read_corpus(args.model_or_data), SelectionConfig()).all_pairs
+        source_vocab, target_vocab = Vocab.build(p.source for p in pairs), Vocab.build(p.target for p in pairs)
+    print(encoding_table(args.source, args.target, source_vocab, target_vocab))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .decode import Translator
+    from .train import preset_configs, train, updated
+
+    corpus = resources.files("charmt") / "demo" / DEMO_CORPUS
+    model, training, selection = preset_configs("tiny")
+    training = updated(training, epochs=args.epochs, device=args.device, time_budget_minutes=args.time_budget)
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(corpus) as path:
+        out = Path(args.out) if args.out else Path(tmp) / "demo-model"
+        _say(f"Training the tiny preset on the built-in corpus ({path.name}, written for charmt)")
+        result = train(path, out, model_config=model, train_config=training, selection=selection, preset="tiny",
+                       overwrite=args.overwrite, callback=_Progress(args.quiet))
+        translator = Translator.load(out, device=args.device)
+        import json as _json
+
+        split = _json.loads((out / "split.json").read_text())
+        from .data import pairs_at_lines, read_corpus
+
+        held_out = pairs_at_lines(read_corpus(path), split["validation"])[: args.show]
+        outputs = translator.translate([p.source for p in held_out])
+        print(f"Validation sentences (never trained on), best epoch {result.best_epoch}, "
+              f"chrF {result.best_chrf:.1f}:")
+        for pair, output in zip(held_out, outputs):
+            mark = "=" if output == pair.target else "~"
+            print(f"  {pair.source:<32} -> {output}   {mark} {pair.target}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .data import download
+
+    print(download(args.lang, url=args.url, directory=args.dir, force=args.force))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="charmt", description="Character-level seq2seq translation (LSTM).")
+    parser.add_argument("--version", action="version", version=f"charmt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model on an Anki/Tatoeba pair file (.txt or .zip)")
+    p.add_argument("data", help="pair file: English<TAB>Other[<TAB>attribution] per line, or the downloaded .zip")
+    p.add_argument("--preset", default="seed", choices=list(PRESETS),
+                   help="seed: the Keras example; tiny: small and fast; base: the quality preset (default: seed)")
+    p.add_argument("--out", help="model directory to write (default: models/DATA-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    _add_device(p)
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate sentences given as arguments or one per line on stdin")
+    p.add_argument("model", help="model directory")
+    p.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
+    p.add_argument("--beam", type=int, default=1, help="beam size, 1 for greedy (default: 1)")
+    p.add_argument("--n-best", type=int, default=1, help="print the K best hypotheses with their scores")
+    p.add_argument("--batch-size", type=int, default=128, help="sentences per batch (default: 128)")
+    p.add_argument("--no-split", action="store_true", help="do not split paragraphs into sentences")
+    _add_device(p)
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="chrF, BLEU, exact match and masked accuracy on held-out pairs")
+    p.add_argument("model", help="model directory")
+    p.add_argument("data", help="pair file; the model's own training file evaluates on its recorded test split")
+    p.add_argument("--split", default="auto", choices=["auto", "test", "validation", "all"],
+                   help="auto: the recorded test (or validation) split of the training file, else all pairs")
+    p.add_argument("--beam", type=int, default=1, help="beam size (default: 1, greedy)")
+    p.add_argument("--max-sentences", type=int, help="evaluate on the first N distinct sources only")
+    p.add_argument("--output", help="write the hypotheses here, one per line")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_device(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("inspect", help="show the one-hot encodings of a pair (the example's exercise)")
+    p.add_argument("model_or_data", help="model directory, or a pair file (vocabulary built the example's way)")
+    p.add_argument("source", help="source sentence")
+    p.add_argument("target", nargs="?", help="target sentence")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("demo", help="train the tiny preset on the built-in corpus and show translations")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the tiny preset's)")
+    p.add_argument("--time-budget", type=float, default=1.5, metavar="MINUTES", help="(default: 1.5)")
+    p.add_argument("--out", help="keep the model in this directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument("--show", type=int, default=10, help="held-out sentences to translate (default: 10)")
+    _add_device(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("download", help="download a manythings.org pair zip (e.g. fra) into the cache")
+    p.add_argument("lang", help="language code as on manythings.org/anki: fra, deu, spa, ...")
+    p.add_argument("--dir", help="directory to save into (default: ~/.cache/charmt or $CHARMT_CACHE)")
+    p.add_argument("--url", help="download from this address instead")
+    p.add_argument("--force", action="store_true", help="download again even when cached")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Sentences may follow options (`translate M --beam 5 "Hi."`): argparse leaves them over as extras.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "text") or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.text += extra
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="charmt: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
+    try:
+        return args.func(args)
+    except CharmtError as err:
+        print(f"charmt: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("charmt: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

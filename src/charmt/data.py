@@ -1,0 +1,290 @@
+"""Reading Anki/Tatoeba pair files and selecting training pairs the Keras example's way.
+
+A pair file (manythings.org/anki) holds `English<TAB>Other[<TAB>attribution]` per line. It comes as the
+downloaded zip (e.g. fra-eng.zip holding fra.txt and _about.txt) or as the bare text file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DataError, DownloadError
+from .vocab import normalize
+
+log = logging.getLogger("charmt")
+
+# The example's dedupe key: the input with everything but letters and digits removed.
+_PUNCTUATION = re.compile(r"[\W_]+", re.UNICODE)
+_MAX_LINE_REPORT = 5
+
+
+@dataclass(frozen=True)
+class Pair:
+    line: int  # 1-based line number in the file, so every pair can be traced back
+    source: str
+    target: str
+
+
+@dataclass
+class Corpus:
+    path: str
+    sha256: str
+    n_lines: int  # as the example counts them: len(text.split("\n"))
+    pairs: list[Pair]
+    malformed: list[int]  # line numbers of lines that are not 2 or 3 tab-separated columns
+    blank: int
+
+    def report(self) -> str:
+        text = f"{len(self.pairs)} pairs read from {self.path}"
+        if self.malformed:
+            first = ", ".join(map(str, self.malformed[:_MAX_LINE_REPORT]))
+            more = ", ..." if len(self.malformed) > _MAX_LINE_REPORT else ""
+            text += f"; {len(self.malformed)} malformed lines skipped (lines {first}{more})"
+        return text
+
+
+def read_corpus(path: str | os.PathLike, *, reverse: bool = False) -> Corpus:
+    """Read a pair file (.zip or .txt; 2 or 3 columns; UTF-8 with or without BOM; LF or CRLF).
+
+    With `reverse`, the second column is the source and the first the target.
+    """
+    raw = _read_bytes(Path(path))
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{path} looks like a binary file, not a text file of tab-separated pairs")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (bad byte at line {line}); save it as UTF-8") from None
+    lines = text.split("\n")
+    pairs, malformed, blank = [], [], 0
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            blank += 1
+            continue
+        columns = line.split("\t")
+        if len(columns) not in (2, 3) or not columns[0].strip() or not columns[1].strip():
+            malformed.append(number)
+            continue
+        source, target = (columns[1], columns[0]) if reverse else (columns[0], columns[1])
+        pairs.append(Pair(number, source, target))
+    corpus = Corpus(str(path), hashlib.sha256(raw).hexdigest(), len(lines), pairs, malformed, blank)
+    if not pairs:
+        raise DataError(
+            f"{path} holds no usable pair: expected lines of 'source<TAB>target[<TAB>attribution]'"
+            + (f" ({len(malformed)} malformed lines, first at line {malformed[0]})" if malformed else "")
+        )
+    return corpus
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if zipfile.is_zipfile(path):
+            return _read_from_zip(path)
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, not a pair file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def _read_from_zip(path: Path) -> bytes:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".txt") and not n.split("/")[-1].startswith("_")]
+            if len(names) != 1:
+                raise DataError(
+                    f"{path}: expected exactly one pair file (*.txt besides _about.txt) in the zip, found {names}"
+                )
+            return archive.read(names[0])
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{path} is a damaged zip file ({err})") from None
+
+
+@dataclass
+class SelectionConfig:
+    """Which pairs to train on. The defaults are the Keras example's."""
+
+    seed: int = 42  # the example shuffles the file's lines with random.seed(42)
+    max_input_length: int | None = 15  # skip pairs whose source is longer (None: keep all)
+    max_target_length: int | None = None  # skip pairs whose target is longer (None: keep all)
+    dedupe: bool = True  # skip a source whose punctuation-stripped form was already seen
+    num_samples: int | None = 10_000  # stop after this many pairs (None: keep all)
+    validation_fraction: float = 0.2  # the example's validation_split
+    test_fraction: float = 0.0
+    reverse: bool = False  # translate from the second column to the first
+
+    def __post_init__(self):
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise DataError(f"{name} must be in [0, 1), got {value}")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise DataError("validation_fraction + test_fraction must leave some pairs for training")
+        for name in ("max_input_length", "max_target_length", "num_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DataError(f"{name} must be at least 1 (or None for no limit), got {value}")
+
+
+@dataclass
+class Selection:
+    train: list[Pair]
+    validation: list[Pair]
+    test: list[Pair]
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    @property
+    def all_pairs(self) -> list[Pair]:
+        return self.train + self.validation + self.test
+
+    def summary(self) -> dict:
+        pairs = self.all_pairs
+        return {
+            "samples": len(pairs),
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+            "max_input_length": max(len(p.source) for p in pairs),
+            # counted with START and END, as the example's max_decoder_seq_length
+            "max_target_length": max(len(p.target) for p in pairs) + 2,
+            "skipped": dict(self.skipped),
+        }
+
+
+def select(corpus: Corpus, config: SelectionConfig) -> Selection:
+    """Shuffle, filter and split the pairs exactly as the Keras example selects them.
+
+    The example shuffles the list `text.split("\\n")` with random.seed(seed); shuffling the line positions with
+    the same seed gives the same order, because the permutation depends only on the list's length.
+    """
+    by_line = {p.line: p for p in corpus.pairs}
+    order = list(range(1, corpus.n_lines + 1))
+    random.Random(config.seed).shuffle(order)
+    skipped: Counter[str] = Counter()
+    seen: set[str] = set()
+    chosen: list[Pair] = []
+    for line in order:
+        pair = by_line.get(line)
+        if pair is None:
+            continue  # blank or malformed, counted by read_corpus
+        if config.max_input_length is not None and len(pair.source) > config.max_input_length:
+            skipped["source too long"] += 1
+            continue
+        if config.max_target_length is not None and len(pair.target) > config.max_target_length:
+            skipped["target too long"] += 1
+            continue
+        if config.dedupe:
+            key = _PUNCTUATION.sub("", pair.source)
+            if key in seen:
+                skipped["duplicate source"] += 1
+                continue
+            seen.add(key)
+        chosen.append(pair)
+        if config.num_samples is not None and len(chosen) >= config.num_samples:
+            break
+    if corpus.malformed:
+        skipped["malformed line"] = len(corpus.malformed)
+    if not chosen:
+        raise DataError(
+            f"no pair of {corpus.path} passes the selection ({dict(skipped)}); "
+            "raise --max-input-length or turn off --dedupe"
+        )
+    train, validation, test = split_by_source(chosen, config.validation_fraction, config.test_fraction)
+    return Selection(train, validation, test, dict(skipped))
+
+
+def split_by_source(pairs: list[Pair], validation_fraction: float, test_fraction: float):
+    """Split in order into train | validation | test, keeping all translations of one source on one side.
+
+    Like Keras's validation_split, the held-out parts are taken from the end of the (shuffled) list.
+    """
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(normalize(pair.source).strip(), []).append(pair)
+    keys = list(groups)
+    n_train = math.floor(len(keys) * (1.0 - validation_fraction - test_fraction))
+    n_validation = math.floor(len(keys) * (1.0 - test_fraction)) - n_train
+    if validation_fraction > 0 and n_validation == 0 and len(keys) - n_train >= 1:
+        n_validation = 1
+    parts = (keys[:n_train], keys[n_train : n_train + n_validation], keys[n_train + n_validation :])
+    return tuple([p for key in part for p in groups[key]] for part in parts)
+
+
+def pairs_at_lines(corpus: Corpus, lines: list[int]) -> list[Pair]:
+    """The pairs at the given line numbers, in that order (used to rebuild a recorded split)."""
+    by_line = {p.line: p for p in corpus.pairs}
+    missing = [n for n in lines if n not in by_line]
+    if missing:
+        raise DataError(f"{corpus.path} has no pair at lines {missing[:5]}: is it the file the model was trained on?")
+    return [by_line[n] for n in lines]
+
+
+# --- download -------------------------------------------------------------------------------------------
+
+DOWNLOAD_URL = "https://www.manythings.org/anki/{lang}-eng.zip"
+# manythings.org answers 403 to clients that do not look like a browser.
+_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CHARMT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "charmt"
+    )
+    return Path(root)
+
+
+def download(lang: str, *, url: str | None = None, directory: str | os.PathLike | None = None,
+             force: bool = False, timeout: float = 60.0) -> Path:
+    """Fetch manythings.org's `{lang}-eng.zip` into the cache and return its path.
+
+    The file is written under a temporary name and renamed only once it is complete and is a zip, so an
+    interrupted download never leaves a half-written file behind.
+    """
+    if not re.fullmatch(r"[a-z]{2,4}", lang):
+        raise DownloadError(f"{lang!r} is not a language code like 'fra' or 'deu' (see manythings.org/anki)")
+    url = url or DOWNLOAD_URL.format(lang=lang)
+    target_dir = Path(directory) if directory is not None else cache_dir()
+    target = target_dir / f"{lang}-eng.zip"
+    if target.exists() and not force:
+        log.info("using cached %s", target)
+        return target
+    target_dir.mkdir(parents=True, exist_ok=True)
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{lang}-eng.", suffix=".part", dir=target_dir)
+    try:
+        with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(request, timeout=timeout) as response:
+            while chunk := response.read(1 << 16):
+                tmp.write(chunk)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        if not zipfile.is_zipfile(tmp_name):
+            raise DownloadError(f"{url} did not return a zip file; the site may have changed or refused us")
+        os.replace(tmp_name, target)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise DownloadError(f"{url}: download failed ({reason})") from None
+    finally:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+    return target
+

@@ -1,0 +1,103 @@
+"""Evaluating a model on pairs it did not train on: chrF and BLEU (multi-reference), exact match, masked
+character accuracy, and the same scores by source length."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import checkpoint as ckpt
+from .data import Corpus, Pair, pairs_at_lines, read_corpus
+from .decode import Translator
+from .errors import DataError
+from .metrics import score_translations
+from .train import encode_pairs, references_by_source, teacher_forced_metrics
+
+LENGTH_BUCKETS = (10, 20, 30, 50, 80)  # upper bounds (characters of the source) of the breakdown's buckets
+
+
+@dataclass
+class EvalReport:
+    split: str  # which pairs: "test", "validation" or "file"
+    pairs: int
+    sentences: int  # distinct sources
+    references_per_sentence: float
+    chrf: float
+    bleu: float
+    exact_match: float
+    masked_accuracy: float
+    loss: float
+    by_length: list[dict] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    hypotheses: list[str] = field(default_factory=list)
+    references: list[list[str]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        skip = {"sources", "hypotheses", "references"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+def pick_pairs(corpus: Corpus, model_dir: str | os.PathLike, split: str) -> tuple[str, list[Pair]]:
+    """The pairs to evaluate on. "auto": the model's recorded test split if this is its training file (else its
+    validation split), or every pair when the file is another one (a separate test file)."""
+    recorded = ckpt.read_json(os.path.join(model_dir, ckpt.SPLIT_FILE)) if split != "all" else None
+    same_file = recorded is not None and recorded.get("sha256") == corpus.sha256
+    if split == "all":
+        return "file", corpus.pairs
+    if split in ("test", "validation"):
+        if not same_file:
+            raise DataError(f"--split {split} needs the file the model was trained on; {corpus.path} is another file")
+        return split, pairs_at_lines(corpus, recorded[split])
+    if split != "auto":
+        raise DataError(f"--split must be auto, test, validation or all, not {split!r}")
+    if not same_file:
+        return "file", corpus.pairs
+    name = "test" if recorded["test"] else "validation"
+    if not recorded[name]:
+        raise DataError(f"{model_dir} was trained on all of {corpus.path}; evaluate on another file")
+    return name, pairs_at_lines(corpus, recorded[name])
+
+
+def evaluate(translator: Translator, pairs: list[Pair], *, split: str = "file", beam: int = 1,
+             batch_size: int = 128) -> EvalReport:
+    if not pairs:
+        raise DataError("no pairs to evaluate")
+    unique, references = references_by_source(pairs)
+    sources = [p.source for p in unique]
+    hypotheses = translator.translate(sources, beam=beam, batch_size=batch_size)
+    scores = score_translations(hypotheses, references)
+    loss, accuracy = teacher_forced_metrics(
+        translator.model, encode_pairs(pairs, translator.source_vocab, translator.target_vocab), translator.device
+    )
+    return EvalReport(
+        split=split, pairs=len(pairs), sentences=len(unique),
+        references_per_sentence=len(pairs) / len(unique), chrf=scores.chrf, bleu=scores.bleu,
+        exact_match=scores.exact_match, masked_accuracy=accuracy, loss=loss,
+        by_length=length_breakdown(sources, hypotheses, references),
+        sources=sources, hypotheses=hypotheses, references=references,
+    )
+
+
+def length_breakdown(sources: list[str], hypotheses: list[str], references: list[list[str]]) -> list[dict]:
+    """chrF and BLEU per bucket of source length (characters)."""
+    rows = []
+    lower = 0
+    for upper in (*LENGTH_BUCKETS, None):
+        index = [i for i, s in enumerate(sources) if len(s) > lower and (upper is None or len(s) <= upper)]
+        if index:
+            scores = score_translations([hypotheses[i] for i in index], [references[i] for i in index])
+            label = f"{lower + 1}-{upper}" if upper is not None else f">{lower}"
+            rows.append({"lengths": label, "sentences": len(index), **scores.to_dict()})
+        lower = upper if upper is not None else lower
+    return rows
+
+
+def evaluate_file(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, split: str = "auto",
+                  beam: int = 1, device: str = "auto", max_sentences: int | None = None) -> EvalReport:
+    translator = Translator.load(model_dir, device=device)
+    corpus = read_corpus(data_path, reverse=bool(translator.info.selection.get("reverse", False)))
+    name, pairs = pick_pairs(corpus, model_dir, split)
+    if max_sentences:
+        keep = set(list(dict.fromkeys(p.source.strip() for p in pairs))[:max_sentences])
+        pairs = [p for p in pairs if p.source.strip() in keep]
+    return evaluate(translator, pairs, split=name, beam=beam)

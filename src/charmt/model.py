@@ -1,0 +1,212 @@
+"""The network: Encoder -> Attention -> Decoder -> Seq2Seq.
+
+The `seed` preset is the Keras example's network: one-hot characters into an encoder LSTM whose final (h, c)
+initialise a decoder LSTM, then a linear layer and softmax over target characters. The other options (learned
+embeddings, bidirectional encoder, Luong attention, several layers, dropout) grow it into a better translator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .vocab import PAD_ID
+
+ATTENTION_KINDS = ("none", "luong")
+
+
+@dataclass
+class ModelConfig:
+    src_vocab_size: int = 0  # set from the data's vocabulary
+    tgt_vocab_size: int = 0
+    hidden_size: int = 512  # the example's latent_dim
+    embedding_size: int = 0  # 0: one-hot inputs, as in the example; else a learned embedding of this size
+    num_layers: int = 1
+    bidirectional: bool = False  # encoder only; its two final states are bridged to the decoder's size
+    attention: str = "none"  # "none" (the example) or "luong" (global attention, "general" score)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0:
+            raise ConfigError("hidden_size and num_layers must be >= 1 and embedding_size >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class OneHot(nn.Module):
+    """One-hot vectors: with the LSTM's input weights this is exactly an embedding lookup of their columns."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(tokens, self.num_classes).float()
+
+
+def _input_layer(vocab_size: int, embedding_size: int) -> tuple[nn.Module, int]:
+    if embedding_size == 0:
+        return OneHot(vocab_size), vocab_size
+    return nn.Embedding(vocab_size, embedding_size, padding_idx=PAD_ID), embedding_size
+
+
+def _init_lstm_like_keras(lstm: nn.LSTM) -> None:
+    """Keras's LSTM defaults: glorot-uniform input weights, orthogonal recurrent weights, forget bias 1."""
+    for name, param in lstm.named_parameters():
+        if name.startswith("weight_ih"):
+            nn.init.xavier_uniform_(param)
+        elif name.startswith("weight_hh"):
+            nn.init.orthogonal_(param)
+        elif name.startswith("bias_ih"):
+            nn.init.zeros_(param)
+            hidden = param.shape[0] // 4
+            param.data[hidden : 2 * hidden] = 1.0  # gate order i, f, g, o in both Keras and PyTorch
+        elif name.startswith("bias_hh"):
+            nn.init.zeros_(param)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embedding, input_size = _input_layer(config.src_vocab_size, config.embedding_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(
+            input_size, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+            bidirectional=config.bidirectional, dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        if config.bidirectional:
+            self.bridge_h = nn.Linear(2 * config.hidden_size, config.hidden_size)
+            self.bridge_c = nn.Linear(2 * config.hidden_size, config.hidden_size)
+
+    @property
+    def output_size(self) -> int:
+        return self.config.hidden_size * (2 if self.config.bidirectional else 1)
+
+    def forward(self, src: torch.Tensor, lengths: torch.Tensor):
+        """src (B, S) token ids, lengths (B,) >= 1 -> outputs (B, S, H*dirs), (h, c) each (L, B, H)."""
+        x = self.dropout(self.embedding(src))
+        # Packing makes the final states those of each sentence's last real character, not of the padding.
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_out, (h, c) = self.lstm(packed)
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])
+        if self.config.bidirectional:
+            L, B, H = self.config.num_layers, src.shape[0], self.config.hidden_size
+            h = torch.tanh(self.bridge_h(h.view(L, 2, B, H).permute(0, 2, 1, 3).reshape(L, B, 2 * H)))
+            c = self.bridge_c(c.view(L, 2, B, H).permute(0, 2, 1, 3).reshape(L, B, 2 * H))
+        return outputs, (h.contiguous(), c.contiguous())
+
+
+class Attention(nn.Module):
+    """Luong et al. (2015) global attention with the "general" score, applied to the decoder's top layer."""
+
+    def __init__(self, query_size: int, memory_size: int):
+        super().__init__()
+        self.score = nn.Linear(query_size, memory_size, bias=False)
+        self.combine = nn.Linear(query_size + memory_size, query_size, bias=False)
+
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
+        """query (B, T, H), memory (B, S, M), mask (B, S) True on real characters -> (B, T, H), weights (B, T, S)."""
+        scores = torch.bmm(self.score(query), memory.transpose(1, 2))  # (B, T, S)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        context = torch.bmm(weights, memory)  # (B, T, M)
+        return torch.tanh(self.combine(torch.cat([context, query], dim=-1))), weights
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig, memory_size: int):
+        super().__init__()
+        self.config = config
+        self.embedding, input_size = _input_layer(config.tgt_vocab_size, config.embedding_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(
+            input_size, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.attention = Attention(config.hidden_size, memory_size) if config.attention == "luong" else None
+        self.output = nn.Linear(config.hidden_size, config.tgt_vocab_size)
+
+    def forward(self, tokens: torch.Tensor, state: DecoderState):
+        """tokens (B, T) -> logits (B, T, V), next state, attention weights (B, T, S) or None."""
+        out, (h, c) = self.lstm(self.dropout(self.embedding(tokens)), (state.h, state.c))
+        weights = None
+        if self.attention is not None:
+            out, weights = self.attention(out, state.memory, state.mask)
+        logits = self.output(self.dropout(out))
+        return logits, DecoderState(h, c, state.memory, state.mask), weights
+
+
+@dataclass
+class DecoderState:
+    """What the decoder carries from one step to the next; `memory`/`mask` are the encoder outputs (attention)."""
+
+    h: torch.Tensor  # (L, B, H)
+    c: torch.Tensor  # (L, B, H)
+    memory: torch.Tensor  # (B, S, M)
+    mask: torch.Tensor  # (B, S) bool
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        """The states of the batch rows `index` (to drop finished sentences or reorder beams)."""
+        return DecoderState(self.h[:, index], self.c[:, index], self.memory[index], self.mask[index])
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.src_vocab_size < 5 or config.tgt_vocab_size < 5:
+            raise ConfigError("vocabulary sizes must be set (4 special tokens + at least one character)")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config, self.encoder.output_size)
+        for module in self.modules():
+            if isinstance(module, nn.LSTM):
+                _init_lstm_like_keras(module)
+            elif isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> DecoderState:
+        """Run the encoder once; the result is the decoder's initial state."""
+        memory, (h, c) = self.encoder(src, src_lengths)
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths.to(src.device)[:, None]
+        return DecoderState(h, c, memory, mask)
+
+    def decode_step(self, prev_tokens: torch.Tensor, state: DecoderState):
+        """One decoder step: prev_tokens (B,) -> logits (B, V), next state, attention (B, S) or None."""
+        logits, state, weights = self.decoder(prev_tokens[:, None], state)
+        return logits[:, 0], state, None if weights is None else weights[:, 0]
+
+    def forward(self, src, src_lengths, tgt_in, tgt_out=None):
+        """Teacher forcing: tgt_in starts with START, tgt_out is tgt_in shifted one step left (ends with END).
+
+        Returns (logits (B, T, V), loss); the loss is the cross-entropy over non-PAD targets, None without tgt_out.
+        """
+        logits, _, _ = self.decoder(tgt_in, self.encode(src, src_lengths))
+        loss = None
+        if tgt_out is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD_ID)
+        return logits, loss
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
+    return device

@@ -1,0 +1,481 @@
+"""Training: presets, length-bucketed batches, teacher forcing, validation with chrF, checkpoints, resume.
+
+Each epoch's batch order comes from a generator seeded by (seed, epoch), and the checkpoint stores the optimizer,
+the global RNG and the position in the epoch, so a resumed CPU run ends with the same weights as one that was
+never interrupted. Under torchrun, each process trains on its own share of every epoch's batches (DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .data import Pair, SelectionConfig, read_corpus, select
+from .decode import greedy_decode, output_limits
+from .errors import ConfigError, ModelFormatError
+from .metrics import collapse_warning, masked_accuracy, score_translations
+from .model import ModelConfig, Seq2Seq, resolve_device
+from .vocab import PAD_ID, Vocab
+
+log = logging.getLogger("charmt")
+
+OPTIMIZERS = ("rmsprop", "adam", "adamw")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5  # the example's setting for a CPU
+    batch_size: int = 64
+    optimizer: str = "rmsprop"  # "rmsprop" uses Keras's defaults (rho 0.9, epsilon 1e-7), as the example
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # "plateau": halve when validation chrF stalls; "cosine": to 0 over epochs
+    warmup_steps: int = 0  # linear warm-up of the learning rate
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    patience: int = 0  # stop after this many epochs without a better validation chrF (0: never)
+    time_budget_minutes: float = 0.0  # stop cleanly once training has run this long (0: no budget)
+    bucket: bool = True  # batch sentences of similar length together, so little of each batch is padding
+    seed: int = 0
+    eval_sentences: int = 500  # validation sentences decoded each epoch to compute chrF
+    show_samples: int = 3  # decoded validation sentences printed each epoch
+    checkpoint_minutes: float = 5.0  # also save a resumable checkpoint this often within an epoch
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0: PyTorch's default)
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be at least 1")
+        if self.learning_rate <= 0:
+            raise ConfigError("learning_rate must be positive")
+
+
+# name -> (model, training, selection) options; everything not named keeps the dataclass default.
+PRESETS: dict[str, tuple[dict, dict, dict]] = {
+    # The Keras example: one-hot LSTM encoder-decoder, latent 512, rmsprop, batch 64, its data selection.
+    "seed": ({}, {}, {}),
+    # Small and quick: for tests and `charmt demo`.
+    "tiny": (
+        dict(hidden_size=96, embedding_size=32, bidirectional=True, attention="luong"),
+        dict(epochs=40, batch_size=16, optimizer="adam", learning_rate=3e-3, clip_grad_norm=1.0),
+        dict(max_input_length=None, dedupe=False, num_samples=None, validation_fraction=0.1),
+    ),
+    # The quality preset: trains in at most an hour on 2 CPU cores on the whole pool, all sentence lengths.
+    "base": (
+        dict(hidden_size=256, embedding_size=64, num_layers=2, bidirectional=True, attention="luong", dropout=0.2),
+        dict(epochs=30, batch_size=64, optimizer="adamw", learning_rate=2e-3, weight_decay=0.01,
+             lr_schedule="plateau", warmup_steps=200, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
+             eval_sentences=1000),
+        dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
+             validation_fraction=0.01, test_fraction=0.01),
+    ),
+}
+
+
+def preset_configs(name: str) -> tuple[ModelConfig, TrainConfig, SelectionConfig]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    model, training, selection = PRESETS[name]
+    return ModelConfig(**model), TrainConfig(**training), SelectionConfig(**selection)
+
+
+def updated(config, **changes):
+    """A copy of a config dataclass with the given fields changed (None values are ignored)."""
+    names = {f.name for f in fields(config)}
+    unknown = set(changes) - names
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)} for {type(config).__name__}")
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+# --- batches ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedPairs:
+    sources: list[list[int]]
+    targets: list[list[int]]  # START + text + END
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+def encode_pairs(pairs: list[Pair], source_vocab: Vocab, target_vocab: Vocab) -> EncodedPairs:
+    return EncodedPairs(
+        [source_vocab.encode(p.source) for p in pairs],
+        [target_vocab.encode(p.target, add_start=True, add_end=True) for p in pairs],
+    )
+
+
+def make_batches(data: EncodedPairs, batch_size: int, generator: torch.Generator, bucket: bool) -> list[list[int]]:
+    """Shuffled batches of indices; with `bucket`, each batch holds sentences of similar length."""
+    order = torch.randperm(len(data), generator=generator).tolist()
+    if bucket:  # sort within windows of 100 batches: batches stay random, padding stays small
+        window = batch_size * 100
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s : s + window], key=lambda i: (len(data.sources[i]), len(data.targets[i])))]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if bucket:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def collate(data: EncodedPairs, index: list[int], device: torch.device):
+    """-> src (B, S), src_lengths (B,), tgt_in (B, T), tgt_out (B, T); padded with PAD."""
+    sources = [data.sources[i] for i in index]
+    targets = [data.targets[i] for i in index]
+    src = torch.full((len(index), max(map(len, sources))), PAD_ID, dtype=torch.long)
+    tgt = torch.full((len(index), max(map(len, targets))), PAD_ID, dtype=torch.long)
+    for row, (s, t) in enumerate(zip(sources, targets)):
+        src[row, : len(s)] = torch.tensor(s)
+        tgt[row, : len(t)] = torch.tensor(t)
+    lengths = torch.tensor([len(s) for s in sources])
+    return src.to(device), lengths, tgt[:, :-1].to(device), tgt[:, 1:].to(device)
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_chrf: float
+    best_epoch: int
+    epochs_run: int
+    stopped_because: str
+    history: list[dict]
+
+
+Callback = Callable[[str, dict], None]
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":  # Keras's RMSprop defaults differ from PyTorch's
+        return torch.optim.RMSprop(model.parameters(), lr=cfg.learning_rate, alpha=0.9, eps=1e-7,
+                                   weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def _learning_rate(cfg: TrainConfig, step: int, total_steps: int, plateau_factor: float) -> float:
+    lr = cfg.learning_rate * plateau_factor
+    if cfg.lr_schedule == "cosine" and total_steps > 0:
+        lr *= 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        lr *= (step + 1) / cfg.warmup_steps
+    return lr
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); starts the process group when run under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+@torch.inference_mode()
+def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.device, batch_size: int = 256):
+    """Mean cross-entropy and masked character accuracy over all non-PAD target positions."""
+    model.eval()
+    loss_sum, correct, total = 0.0, 0.0, 0
+    order = sorted(range(len(data)), key=lambda i: len(data.sources[i]))
+    for s in range(0, len(order), batch_size):
+        src, lengths, tgt_in, tgt_out = collate(data, order[s : s + batch_size], device)
+        logits, loss = model(src, lengths, tgt_in, tgt_out)
+        mask = tgt_out != PAD_ID
+        n = int(mask.sum())
+        loss_sum += float(loss) * n
+        correct += masked_accuracy(logits, tgt_out, mask) * n
+        total += n
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def translate_pairs(model: Seq2Seq, pairs: list[Pair], source_vocab: Vocab, target_vocab: Vocab,
+                    device: torch.device, hard_limit: int, batch_size: int = 256) -> list[str]:
+    """Greedy translations of the pairs' sources (used for validation; users call Translator)."""
+    model.eval()
+    out = [""] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].source))
+    for s in range(0, len(order), batch_size):
+        index = order[s : s + batch_size]
+        ids = [source_vocab.encode(pairs[i].source) for i in index]
+        lengths = torch.tensor([len(x) for x in ids])
+        src = torch.full((len(ids), int(lengths.max())), PAD_ID, dtype=torch.long)
+        for row, x in enumerate(ids):
+            src[row, : len(x)] = torch.tensor(x)
+        tokens = greedy_decode(model, src.to(device), lengths, output_limits(lengths, hard_limit))
+        for i, t in zip(index, tokens):
+            out[i] = target_vocab.decode(t)
+    return out
+
+
+def references_by_source(pairs: list[Pair]) -> tuple[list[Pair], list[list[str]]]:
+    """One pair per distinct source, with every target of that source as its references."""
+    groups: dict[str, list[Pair]] = {}
+    for p in pairs:
+        groups.setdefault(p.source.strip(), []).append(p)
+    return [g[0] for g in groups.values()], [[p.target for p in g] for g in groups.values()]
+
+
+def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_config: ModelConfig | None = None,
+          train_config: TrainConfig | None = None, selection: SelectionConfig | None = None,
+          preset: str = "seed", resume: bool = False, overwrite: bool = False,
+          callback: Callback | None = None) -> TrainResult:
+    """Train a model on a pair file and write the model directory `out_dir`.
+
+    Configs left as None come from `preset`. With `resume`, everything comes from `out_dir`'s checkpoint.
+    `callback(event, info)` receives "selection", "start", "step", "epoch", "warning" and "end" events.
+    """
+    out_dir = Path(out_dir)
+    notify = callback or (lambda event, info: None)
+    rank, world = _distributed()
+    if resume:
+        if not (out_dir / ckpt.CHECKPOINT_FILE).exists():
+            raise ConfigError(f"{out_dir} holds no resumable checkpoint ({ckpt.CHECKPOINT_FILE} is missing); "
+                              "train again with --overwrite")
+        info = ckpt.load_info(out_dir)
+        model_config, preset = info.model, info.preset
+        train_config = TrainConfig(**{**info.training, **({"device": train_config.device} if train_config else {})})
+        selection = SelectionConfig(**info.selection)
+    else:
+        if ckpt.is_model_dir(out_dir) and not overwrite:
+            raise ConfigError(f"{out_dir} already holds a model; pass --overwrite to replace it, or --resume")
+        base_model, base_train, base_selection = preset_configs(preset)
+        model_config = model_config or base_model
+        train_config = train_config or base_train
+        selection = selection or base_selection
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    device = resolve_device(train_config.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+
+    # Read and select before touching out_dir: bad data never costs an existing model.
+    corpus = read_corpus(data_path, reverse=selection.reverse)
+    chosen = select(corpus, selection)
+    summary = chosen.summary()
+    if resume and info.data.get("sha256") != corpus.sha256:
+        raise ConfigError(f"{data_path} is not the file {out_dir} was trained on (its sha256 differs)")
+    if resume:
+        source_vocab, target_vocab = info.source_vocab, info.target_vocab
+    else:
+        pairs = chosen.all_pairs
+        source_vocab = Vocab.build(p.source for p in pairs)
+        target_vocab = Vocab.build(p.target for p in pairs)
+    model_config = replace(model_config, src_vocab_size=len(source_vocab), tgt_vocab_size=len(target_vocab))
+    summary.update(source_vocab=len(source_vocab), target_vocab=len(target_vocab))
+    if rank == 0:
+        notify("selection", {"corpus": corpus.report(), **summary})
+
+    torch.manual_seed(train_config.seed)
+    model = Seq2Seq(model_config).to(device)
+    info = ckpt.ModelInfo(
+        model=model_config, source_vocab=source_vocab, target_vocab=target_vocab, preset=preset,
+        max_source_length=max(len(p.source) for p in chosen.train),
+        max_target_length=max(len(p.target) for p in chosen.train),
+        selection=asdict(selection), training=asdict(train_config),
+        data={"path": str(data_path), "sha256": corpus.sha256, **summary},
+    )
+    train_data = encode_pairs(chosen.train, source_vocab, target_vocab)
+    valid_data = encode_pairs(chosen.validation, source_vocab, target_vocab)
+    eval_pairs, eval_refs = references_by_source(chosen.validation)
+    eval_pairs, eval_refs = eval_pairs[: train_config.eval_sentences], eval_refs[: train_config.eval_sentences]
+    hard_limit = max(2 * info.max_target_length, 64)
+    optimizer = _make_optimizer(model, train_config)
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_chrf": -1.0, "best_epoch": 0,
+             "stale_epochs": 0, "plateau_factor": 1.0, "elapsed": 0.0, "history": [],
+             "epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_tokens": 0}
+    if resume:
+        state = _load_train_state(out_dir, model, optimizer, state)
+        log.info("resuming %s at epoch %d, step %d", out_dir, state["epoch"] + 1, state["step_in_epoch"])
+    elif rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE):
+            (out_dir / stale).unlink(missing_ok=True)
+        ckpt.write_json(out_dir / ckpt.CONFIG_FILE, info.to_json())
+        ckpt.write_json(out_dir / ckpt.SPLIT_FILE, {
+            "data": str(data_path), "sha256": corpus.sha256, "train": len(chosen.train),
+            "validation": [p.line for p in chosen.validation], "test": [p.line for p in chosen.test],
+        })
+        _write_log(out_dir, [])
+
+    trained_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    steps_per_epoch = math.ceil(len(train_data) / train_config.batch_size) // world or 1
+    total_steps = steps_per_epoch * train_config.epochs
+    if rank == 0:
+        notify("start", {"device": str(device), "parameters": model.num_parameters(), "world_size": world,
+                         "steps_per_epoch": steps_per_epoch, "epochs": train_config.epochs,
+                         "start_epoch": state["epoch"] + 1})
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    budget = train_config.time_budget_minutes * 60
+    stopped = "epochs"
+    clock = time.monotonic() - state["elapsed"]
+    last_checkpoint = time.monotonic()
+
+    while state["epoch"] < train_config.epochs:
+        epoch = state["epoch"]
+        generator = torch.Generator().manual_seed(train_config.seed * 100_003 + epoch)
+        batches = make_batches(train_data, train_config.batch_size, generator, train_config.bucket)
+        batches = batches[: steps_per_epoch * world][rank::world]
+        epoch_start, pairs_done = time.monotonic(), 0
+        model.train()
+        out_of_time = False
+        for step in range(state["step_in_epoch"], len(batches)):
+            lr = _learning_rate(train_config, state["global_step"], total_steps, state["plateau_factor"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            src, lengths, tgt_in, tgt_out = collate(train_data, batches[step], device)
+            with autocast:
+                logits, loss = trained_model(src, lengths, tgt_in, tgt_out)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_config.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.clip_grad_norm)
+            optimizer.step()
+            mask = tgt_out != PAD_ID
+            tokens = int(mask.sum())
+            state["epoch_loss_sum"] += float(loss.detach()) * tokens
+            state["epoch_correct"] += masked_accuracy(logits.detach(), tgt_out, mask) * tokens
+            state["epoch_tokens"] += tokens
+            state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
+            pairs_done += len(batches[step]) * world
+            elapsed = time.monotonic() - epoch_start
+            if rank == 0:
+                notify("step", {"epoch": epoch + 1, "step": step + 1, "steps": len(batches),
+                                "loss": state["epoch_loss_sum"] / state["epoch_tokens"],
+                                "accuracy": state["epoch_correct"] / state["epoch_tokens"],
+                                "pairs_per_s": pairs_done / max(elapsed, 1e-9), "lr": lr})
+            out_of_time = _agree(budget > 0 and time.monotonic() - clock >= budget, world)
+            if out_of_time:
+                break
+            if rank == 0 and time.monotonic() - last_checkpoint >= train_config.checkpoint_minutes * 60:
+                state["elapsed"] = time.monotonic() - clock
+                _save_train_state(out_dir, model, optimizer, state)
+                last_checkpoint = time.monotonic()
+
+        # End of epoch (or of the time budget): validate, log, keep best and last.
+        record = {"epoch": epoch + 1, "steps": state["global_step"],
+                  "train_loss": state["epoch_loss_sum"] / max(state["epoch_tokens"], 1),
+                  "train_accuracy": state["epoch_correct"] / max(state["epoch_tokens"], 1),
+                  "lr": optimizer.param_groups[0]["lr"], "partial": out_of_time}
+        stop = False
+        if rank == 0:
+            record.update(_validate(model, valid_data, eval_pairs, eval_refs, source_vocab, target_vocab, device,
+                                    hard_limit, train_config, notify))
+            record["seconds"] = round(time.monotonic() - clock, 1)
+            chrf = record.get("val_chrf")  # without a validation set, the last epoch is the best
+            if chrf is None or chrf > state["best_chrf"]:
+                state.update(best_chrf=chrf if chrf is not None else -1.0, best_epoch=epoch + 1, stale_epochs=0)
+                ckpt.save_model(out_dir, model, info)
+            else:
+                state["stale_epochs"] += 1
+                if train_config.lr_schedule == "plateau":
+                    state["plateau_factor"] *= 0.5
+            record["best"] = state["best_epoch"] == epoch + 1
+            state["history"].append(record)
+            _write_log(out_dir, state["history"])
+            notify("epoch", record)
+            if train_config.patience and state["stale_epochs"] >= train_config.patience:
+                stop, stopped = True, "early stopping"
+        state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_correct=0.0, epoch_tokens=0)
+        if out_of_time:
+            stop, stopped = True, "time budget"
+        if rank == 0:
+            state["elapsed"] = time.monotonic() - clock
+            _save_train_state(out_dir, model, optimizer, state)
+            last_checkpoint = time.monotonic()
+        if _agree(stop, world):
+            break
+
+    if world > 1:
+        dist.barrier()
+    result = TrainResult(out_dir, state["best_chrf"], state["best_epoch"], state["epoch"], stopped, state["history"])
+    if rank == 0:
+        notify("end", asdict(result))
+    return result
+
+
+def _agree(flag: bool, world: int) -> bool:
+    """True on every process when any process says True (so all ranks stop together)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _validate(model, valid_data, eval_pairs, eval_refs, source_vocab, target_vocab, device, hard_limit,
+              cfg: TrainConfig, notify: Callback) -> dict:
+    if not len(valid_data):
+        return {}
+    val_loss, val_acc = teacher_forced_metrics(model, valid_data, device)
+    hyps = translate_pairs(model, eval_pairs, source_vocab, target_vocab, device, hard_limit)
+    scores = score_translations(hyps, eval_refs)
+    samples = [{"source": p.source, "reference": refs[0], "output": h}
+               for p, refs, h in list(zip(eval_pairs, eval_refs, hyps))[: cfg.show_samples]]
+    warning = collapse_warning(hyps)
+    if warning:
+        notify("warning", {"message": warning})
+    return {"val_loss": val_loss, "val_accuracy": val_acc, "val_chrf": scores.chrf, "val_bleu": scores.bleu,
+            "val_exact_match": scores.exact_match, "samples": samples, "collapsed": bool(warning)}
+
+
+def _write_log(out_dir: Path, history: list[dict]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in history)
+    ckpt.atomic_write(out_dir / ckpt.LOG_FILE, text.encode("utf-8"))
+
+
+def _save_train_state(out_dir: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """One file, written atomically, so weights, optimizer, RNG and position can never disagree."""
+    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    for pid, slots in opt["state"].items():
+        for name, value in slots.items():
+            tensors[f"optimizer.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    metadata = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
+    ckpt.save_tensors(out_dir / ckpt.CHECKPOINT_FILE, tensors, metadata=metadata)
+
+
+def _load_train_state(out_dir: Path, model: Seq2Seq, optimizer: torch.optim.Optimizer, defaults: dict) -> dict:
+    path = out_dir / ckpt.CHECKPOINT_FILE
+    tensors, metadata = ckpt.load_tensors(path, with_metadata=True)
+    try:
+        saved, param_groups = json.loads(metadata["state"]), json.loads(metadata["param_groups"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ModelFormatError(f"{path} holds no training state; it was not written by charmt train") from None
+    ckpt.load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    return {**defaults, **saved}
