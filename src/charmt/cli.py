@@ -53,6 +53,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, help="early stopping after N epochs without better chrF, 0: off")
     g.add_argument("--time-budget", type=float, dest="time_budget_minutes", metavar="MINUTES",
                    help="stop cleanly after this many minutes, keeping the best checkpoint")
+    g.add_argument("--checkpoint-minutes", type=float, metavar="MINUTES",
+                   help=f"also save a resumable checkpoint this often within an epoch (seed: {t.checkpoint_minutes})")
     g.add_argument("--seed", type=int, help=f"random seed of initialisation and batch order (seed: {t.seed})")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
     g.add_argument("--eval-sentences", type=int, help=f"validation sentences decoded per epoch ({t.eval_sentences})")

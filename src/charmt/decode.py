@@ -198,14 +198,14 @@ class Translator:
     def target_vocab(self) -> Vocab:
         return self.info.target_vocab
 
-    def translate(self, texts: list[str], *, beam: int = 1, batch_size: int = 128,
-                  split: bool = True) -> list[str]:
+    def translate(self, texts: list[str], *, beam: int = 1, batch_size: int = 128, split: bool = True,
+                  warn: bool = True) -> list[str]:
         """One translation per input, in order; empty or blank inputs give empty outputs."""
-        return [hyps[0].text if hyps else "" for hyps in self.translate_n_best(texts, beam=beam, n_best=1,
-                                                                               batch_size=batch_size, split=split)]
+        results = self.translate_n_best(texts, beam=beam, n_best=1, batch_size=batch_size, split=split, warn=warn)
+        return [hyps[0].text if hyps else "" for hyps in results]
 
     def translate_n_best(self, texts: list[str], *, beam: int = 1, n_best: int = 1, batch_size: int = 128,
-                         split: bool = True) -> list[list[Hypothesis]]:
+                         split: bool = True, warn: bool = True) -> list[list[Hypothesis]]:
         """Up to `n_best` hypotheses per input (greedy when beam == 1). Multi-sentence inputs are split into
         sentences, translated in one batch and rejoined (the score is then the sum over the sentences)."""
         if beam < 1 or n_best < 1:
@@ -220,7 +220,8 @@ class Translator:
                 continue
             for sentence in split_sentences(text) if split and not self.keras_compat else [text]:
                 pieces.append((i, sentence))
-        self._warn_about([s for _, s in pieces])
+        if warn:
+            self._warn_about([s for _, s in pieces])
         results = self._translate_sentences([s for _, s in pieces], beam, n_best, batch_size)
         joined: list[list[Hypothesis]] = [[] for _ in texts]
         by_input: dict[int, list[list[Hypothesis]]] = {}

@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .data import Pair, SelectionConfig, read_corpus, select
-from .decode import greedy_decode, output_limits
+from .decode import Translator
 from .errors import ConfigError, ModelFormatError
 from .metrics import collapse_warning, masked_accuracy, score_translations
 from .model import ModelConfig, Seq2Seq, resolve_device
@@ -206,25 +206,6 @@ def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.dev
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 
-def translate_pairs(model: Seq2Seq, pairs: list[Pair], source_vocab: Vocab, target_vocab: Vocab,
-                    device: torch.device, hard_limit: int, batch_size: int = 256) -> list[str]:
-    """Greedy translations of the pairs' sources (used for validation; users call Translator)."""
-    model.eval()
-    out = [""] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i].source))
-    for s in range(0, len(order), batch_size):
-        index = order[s : s + batch_size]
-        ids = [source_vocab.encode(pairs[i].source) for i in index]
-        lengths = torch.tensor([len(x) for x in ids])
-        src = torch.full((len(ids), int(lengths.max())), PAD_ID, dtype=torch.long)
-        for row, x in enumerate(ids):
-            src[row, : len(x)] = torch.tensor(x)
-        tokens = greedy_decode(model, src.to(device), lengths, output_limits(lengths, hard_limit))
-        for i, t in zip(index, tokens):
-            out[i] = target_vocab.decode(t)
-    return out
-
-
 def references_by_source(pairs: list[Pair]) -> tuple[list[Pair], list[list[str]]]:
     """One pair per distinct source, with every target of that source as its references."""
     groups: dict[str, list[Pair]] = {}
@@ -297,7 +278,6 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
     valid_data = encode_pairs(chosen.validation, source_vocab, target_vocab)
     eval_pairs, eval_refs = references_by_source(chosen.validation)
     eval_pairs, eval_refs = eval_pairs[: train_config.eval_sentences], eval_refs[: train_config.eval_sentences]
-    hard_limit = max(2 * info.max_target_length, 64)
     optimizer = _make_optimizer(model, train_config)
 
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_chrf": -1.0, "best_epoch": 0,
@@ -378,8 +358,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
                   "lr": optimizer.param_groups[0]["lr"], "partial": out_of_time}
         stop = False
         if rank == 0:
-            record.update(_validate(model, valid_data, eval_pairs, eval_refs, source_vocab, target_vocab, device,
-                                    hard_limit, train_config, notify))
+            record.update(_validate(Translator(model, info, device), valid_data, eval_pairs, eval_refs, train_config,
+                                    notify))
             record["seconds"] = round(time.monotonic() - clock, 1)
             chrf = record.get("val_chrf")  # without a validation set, the last epoch is the best
             if chrf is None or chrf > state["best_chrf"]:
@@ -430,12 +410,12 @@ class _nullcontext:
         return False
 
 
-def _validate(model, valid_data, eval_pairs, eval_refs, source_vocab, target_vocab, device, hard_limit,
+def _validate(translator: Translator, valid_data: EncodedPairs, eval_pairs: list[Pair], eval_refs: list[list[str]],
               cfg: TrainConfig, notify: Callback) -> dict:
     if not len(valid_data):
         return {}
-    val_loss, val_acc = teacher_forced_metrics(model, valid_data, device)
-    hyps = translate_pairs(model, eval_pairs, source_vocab, target_vocab, device, hard_limit)
+    val_loss, val_acc = teacher_forced_metrics(translator.model, valid_data, translator.device)
+    hyps = translator.translate([p.source for p in eval_pairs], batch_size=256, split=False, warn=False)
     scores = score_translations(hyps, eval_refs)
     samples = [{"source": p.source, "reference": refs[0], "output": h}
                for p, refs, h in list(zip(eval_pairs, eval_refs, hyps))[: cfg.show_samples]]
