@@ -14,6 +14,10 @@ from charmt.train import TrainConfig, train
 
 DEMO = resources.files("charmt") / "demo" / "eng-fra.txt"
 
+# Tiny test models gain nothing from intra-op threads; on a shared 2-core machine the threads wait on each
+# other and make the suite several times slower.
+torch.set_num_threads(1)
+
 
 def write_pairs(path: Path, lines: list[str], *, encoding: str = "utf-8", newline: str = "\n") -> Path:
     """Write `lines` joined by `newline` (with a final newline) and return the path."""

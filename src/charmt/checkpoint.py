@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from .errors import ModelFormatError
+from .errors import ConfigError, ModelFormatError
 from .model import ModelConfig, Seq2Seq
 from .vocab import Vocab
 
@@ -72,7 +72,9 @@ class ModelInfo:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ModelFormatError(f"{where} is not a charmt model config (no \"format\": \"{FORMAT}\")")
         version = obj.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int):
+            raise ModelFormatError(f"{where} has no valid format_version ({version!r}); was it written by charmt?")
+        if version > FORMAT_VERSION:
             raise ModelFormatError(
                 f"{where} has format version {version!r}, newer than this charmt reads ({FORMAT_VERSION}); "
                 "upgrade charmt"
@@ -90,7 +92,7 @@ class ModelInfo:
                 data=obj.get("data") or {},
                 keras_compat=obj.get("keras_compat"),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, ConfigError) as err:  # ConfigError: an invalid model option
             raise ModelFormatError(f"{where} is malformed ({type(err).__name__}: {err})") from None
         if len(info.source_vocab) != info.model.src_vocab_size or len(info.target_vocab) != info.model.tgt_vocab_size:
             raise ModelFormatError(f"{where}: vocabulary sizes do not match the model's src/tgt_vocab_size")

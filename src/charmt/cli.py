@@ -85,8 +85,9 @@ def _configs_from_args(args) -> tuple[ModelConfig, TrainConfig, SelectionConfig]
     model, training, selection = preset_configs(args.preset)
     model = updated(model, **options(model))
     training = updated(training, **options(training))
-    selection = updated(selection, **options(selection, {"seed": "shuffle_seed"}))
-    no_limit = {name: None for name in ("max_input_length", "max_target_length", "num_samples") if given.get(name) == 0}
+    chosen = options(selection, {"seed": "shuffle_seed"})
+    no_limit = {name: None for name in ("max_input_length", "max_target_length", "num_samples") if chosen[name] == 0}
+    selection = updated(selection, **{k: v for k, v in chosen.items() if k not in no_limit})
     return model, training, replace(selection, **no_limit)
 
 
@@ -256,10 +257,76 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_split(args) -> int:
+    from .data import hold_out, read_corpus, write_pairs
+
+    corpus = read_corpus(args.data)
+    train, test = hold_out(corpus, args.test_sentences, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pairs(out / "train.txt", train)
+    write_pairs(out / "test.txt", test)
+    print(f"{out / 'train.txt'}: {len(train)} pairs; {out / 'test.txt'}: {len(test)} pairs "
+          f"({args.test_sentences} source sentences, every translation of each)")
+    return 0
+
+
 def cmd_download(args) -> int:
     from .data import download
 
     print(download(args.lang, url=args.url, directory=args.dir, force=args.force))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .decode import Translator
+    from .serve import create_app, serve
+
+    translator = Translator.load(args.model, device=args.device)
+    app = create_app(translator, name=Path(args.model).resolve().name, max_texts=args.max_texts,
+                     max_chars=args.max_chars)
+
+    def ready(url: str) -> None:
+        _say(f"Serving {args.model} ({translator.device}) on {url} - the web page is there, the API docs at "
+             f"{url}/docs; Ctrl+C stops")
+
+    try:
+        serve(app, args.host, args.port, log_level="warning" if args.quiet else "info", on_ready=ready)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; stopping is the normal end here
+        pass
+    _say("Stopped")
+    return 0
+
+
+def _escaped(value: str) -> str:
+    """A command-line string with its escapes (\\t, \\n, \\\\, \\uXXXX) decoded."""
+    try:
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as err:
+        raise argparse.ArgumentTypeError(f"bad escape sequence ({err.reason})") from None
+
+
+def cmd_import_keras(args) -> int:
+    from .keras_import import import_keras
+
+    selection = replace(SelectionConfig(), seed=args.shuffle_seed, max_input_length=args.max_input_length or None,
+                        num_samples=args.num_samples or None, dedupe=not args.no_dedupe)
+    info = import_keras(args.keras_model, args.out, data=args.data, source_chars=args.source_chars,
+                        target_chars=args.target_chars, selection=selection, source_length=args.source_length,
+                        max_decode_length=args.max_decode_length, overwrite=args.overwrite)
+    _say(f"Imported {args.keras_model} (latent {info.model.hidden_size}; the example's "
+         f"{len(info.source_vocab.chars)} input and {len(info.target_vocab.chars) + 2} output characters) "
+         f"into {args.out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .checkpoint import LOG_FILE
+    from .plots import plot_training
+
+    model = Path(args.model)
+    log_path = model if model.is_file() else model / LOG_FILE
+    print(plot_training(log_path, args.out or log_path.with_name("training.png")))
     return 0
 
 
@@ -320,12 +387,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("split", help="hold out a multi-reference test set by source sentence (train.txt, test.txt)")
+    p.add_argument("data", help="pair file (.txt or .zip)")
+    p.add_argument("--test-sentences", type=int, default=2000, help="distinct sources to hold out (default: 2000)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the choice (default: 1)")
+    p.add_argument("--out", required=True, help="directory for train.txt and test.txt")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("download", help="download a manythings.org pair zip (e.g. fra) into the cache")
     p.add_argument("lang", help="language code as on manythings.org/anki: fra, deu, spa, ...")
     p.add_argument("--dir", help="directory to save into (default: ~/.cache/charmt or $CHARMT_CACHE)")
     p.add_argument("--url", help="download from this address instead")
     p.add_argument("--force", action="store_true", help="download again even when cached")
     p.set_defaults(func=cmd_download)
+
+    s = SelectionConfig()
+    p = sub.add_parser("import-keras", help="convert the Keras example's saved s2s_model.keras into a model directory")
+    p.add_argument("keras_model", help="the .keras file the example's model.save() wrote (Keras 3)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    g = p.add_argument_group("character tables (the example did not save them: rebuild them, or give them)")
+    g.add_argument("--data", help="the pair file the notebook trained on; its tables are rebuilt the example's way")
+    g.add_argument("--source-chars", type=_escaped, help="every input character once (escapes like \\t allowed)")
+    g.add_argument("--target-chars", type=_escaped, help="every output character once, with \\t and \\n")
+    g.add_argument("--source-length", type=int, help="the example's max_encoder_seq_length (default: from --data, "
+                   "else --max-input-length)")
+    g.add_argument("--max-decode-length", type=int,
+                   help="the example's max_decoder_seq_length (default: from --data; needed with --source-chars)")
+    g = p.add_argument_group("the notebook's data selection (with --data; default: the example's)")
+    g.add_argument("--max-input-length", type=_no_limit, default=s.max_input_length,
+                   help=f"0 for no limit (default: {s.max_input_length})")
+    g.add_argument("--num-samples", type=_no_limit, default=s.num_samples, help=f"(default: {s.num_samples})")
+    g.add_argument("--shuffle-seed", type=int, default=s.seed, help=f"(default: {s.seed})")
+    g.add_argument("--no-dedupe", action="store_true", help="the notebook did not skip duplicate sources")
+    p.set_defaults(func=cmd_import_keras)
+
+    p = sub.add_parser("plot", help="draw a model's training curves (loss, accuracy, chrF) into a PNG")
+    p.add_argument("model", help="model directory (or its log.jsonl)")
+    p.add_argument("--out", help="PNG file to write (default: MODEL/training.png)")
+    p.set_defaults(func=cmd_plot)
+    from .serve import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS
+
+    p = sub.add_parser("serve", help="HTTP API and web page for translating with a model")
+    p.add_argument("model", help="model directory")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; there is no authentication)")
+    p.add_argument("--port", type=int, default=8000, help="port, 0 for any free one (default: 8000)")
+    p.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
+                   help=f"texts per request (default: {DEFAULT_MAX_TEXTS})")
+    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+                   help=f"characters per text (default: {DEFAULT_MAX_CHARS})")
+    _add_device(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

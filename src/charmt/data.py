@@ -228,6 +228,29 @@ def split_by_source(pairs: list[Pair], validation_fraction: float, test_fraction
     return tuple([p for key in part for p in groups[key]] for part in parts)
 
 
+def hold_out(corpus: Corpus, test_sentences: int, *, seed: int = 1) -> tuple[list[Pair], list[Pair]]:
+    """Split a corpus by source sentence into (train, test): `test_sentences` distinct sources, chosen at random,
+    go to the test side with every one of their translations, so the test set is multi-reference and none of its
+    sources is ever seen in training."""
+    groups: dict[str, list[Pair]] = {}
+    for pair in corpus.pairs:
+        groups.setdefault(normalize(pair.source).strip(), []).append(pair)
+    if not 0 < test_sentences < len(groups):
+        raise DataError(f"--test-sentences must be between 1 and {len(groups) - 1} for {corpus.path}")
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    test_keys = set(keys[:test_sentences])
+    train = [p for p in corpus.pairs if normalize(p.source).strip() not in test_keys]
+    test = [p for p in corpus.pairs if normalize(p.source).strip() in test_keys]
+    return train, test
+
+
+def write_pairs(path: str | os.PathLike, pairs: list[Pair]) -> None:
+    """Write pairs as a 2-column pair file (UTF-8, LF)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(f"{p.source}\t{p.target}\n" for p in pairs)
+
+
 def pairs_at_lines(corpus: Corpus, lines: list[int]) -> list[Pair]:
     """The pairs at the given line numbers, in that order (used to rebuild a recorded split)."""
     by_line = {p.line: p for p in corpus.pairs}

@@ -256,6 +256,11 @@ class Translator:
             src[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         return src.to(self.device), lengths
 
+    def _text(self, tokens: list[int]) -> str:
+        if self.keras_compat:  # the example writes out every character it predicts, a tab included
+            return "".join(self.target_vocab.tokens[t] for t in tokens)
+        return self.target_vocab.decode(tokens)
+
     def _translate_sentences(self, sentences: list[str], beam: int, n_best: int,
                              batch_size: int) -> list[list[Hypothesis]]:
         results: list[list[Hypothesis]] = [[] for _ in sentences]
@@ -271,10 +276,50 @@ class Translator:
             if beam == 1:
                 outs = greedy_decode(self.model, src, lengths, limits, stop_repeats=stop_repeats)
                 for i, tokens in zip(batch, outs):
-                    results[i] = [Hypothesis(self.target_vocab.decode(tokens), float("nan"))]
+                    results[i] = [Hypothesis(self._text(tokens), float("nan"))]
             else:
                 outs = beam_search(self.model, src, lengths, limits, beam=beam, n_best=n_best,
                                    stop_repeats=stop_repeats)
                 for i, hyps in zip(batch, outs):
-                    results[i] = [Hypothesis(self.target_vocab.decode(t), s) for t, s in hyps]
+                    results[i] = [Hypothesis(self._text(t), s) for t, s in hyps]
         return results
+
+
+@torch.inference_mode()
+def attention_weights(translator: Translator, sentence: str) -> tuple[list[str], list[str], list[list[float]]]:
+    """Greedy-decode one sentence (whitespace collapsed, not split) and return its source characters, its output
+    characters and the attention weights: one row per output character, one column per source character.
+
+    The output is the one `translator.translate([sentence], split=False)` gives; each row sums to 1.
+    """
+    from .vocab import normalize
+
+    if translator.model.config.attention == "none":
+        raise ConfigError("this model has no attention weights to show (it was trained with --attention none); "
+                          "train one with --attention luong")
+    sentence = " ".join(str(sentence).split())
+    if not sentence:
+        raise ConfigError("attention needs a non-empty sentence")
+    model, target = translator.model, translator.target_vocab
+    src, lengths = translator._encode_sources([sentence])
+    limit = int(output_limits(lengths, hard_limit=max(2 * translator.info.max_target_length, 64))[0])
+    state = model.encode(src, lengths)
+    prev = torch.full((1,), START_ID, dtype=torch.long, device=src.device)
+    tokens: list[int] = []
+    rows: list[list[float]] = []
+    for _ in range(limit):
+        logits, state, weights = model.decode_step(prev, state)
+        prev = logits.argmax(dim=-1)
+        tokens.append(int(prev[0]))
+        rows.append(weights[0].float().cpu().tolist())
+        if tokens[-1] == END_ID or bool(_repeats(torch.tensor([tokens]))[0]):
+            break
+    tokens = _trim(tokens, True)
+    source = list(normalize(sentence))  # one source column per character the encoder read
+    output, matrix = [], []
+    for token, row in zip(tokens, rows):
+        if token in (PAD_ID, START_ID):  # never shown by Vocab.decode, so no row either
+            continue
+        output.append(target.decode([token]))
+        matrix.append(row[: len(source)])
+    return source, output, matrix

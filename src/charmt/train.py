@@ -7,6 +7,7 @@ never interrupted. Under torchrun, each process trains on its own share of every
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save as save_safetensors_bytes
 
 from . import checkpoint as ckpt
 from .data import Pair, SelectionConfig, read_corpus, select
 from .decode import Translator
-from .errors import ConfigError, ModelFormatError
+from .errors import ConfigError, DataError, ModelFormatError
 from .metrics import collapse_warning, masked_accuracy, score_translations
 from .model import ModelConfig, Seq2Seq, resolve_device
 from .vocab import PAD_ID, Vocab
@@ -62,6 +64,8 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be at least 1")
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate must be positive")
+        if self.threads < 0 or self.checkpoint_minutes < 0 or self.time_budget_minutes < 0:
+            raise ConfigError("threads, checkpoint_minutes and time_budget_minutes must not be negative")
 
 
 # name -> (model, training, selection) options; everything not named keeps the dataclass default.
@@ -81,7 +85,7 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
              lr_schedule="plateau", warmup_steps=200, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
              eval_sentences=1000),
         dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
-             validation_fraction=0.01, test_fraction=0.01),
+             validation_fraction=0.01),
     ),
 }
 
@@ -241,6 +245,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         model_config = model_config or base_model
         train_config = train_config or base_train
         selection = selection or base_selection
+    blocking = next((p for p in (out_dir, *out_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # checked now, not when the first file is written after reading the data
+        raise ConfigError(f"{out_dir} cannot be a model directory: {blocking} is a file; choose another --out")
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     device = resolve_device(train_config.device)
@@ -250,10 +257,14 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
 
     # Read and select before touching out_dir: bad data never costs an existing model.
     corpus = read_corpus(data_path, reverse=selection.reverse)
-    chosen = select(corpus, selection)
-    summary = chosen.summary()
+    # Checked before selecting: another file could fail the selection with a misleading message.
     if resume and info.data.get("sha256") != corpus.sha256:
         raise ConfigError(f"{data_path} is not the file {out_dir} was trained on (its sha256 differs)")
+    chosen = select(corpus, selection)
+    if not chosen.train:  # e.g. a file of one pair, which the validation split takes
+        raise DataError(f"{data_path}: none of its {len(chosen.all_pairs)} selected pairs is left for training "
+                        "after the validation and test split; add pairs or lower --validation-fraction")
+    summary = chosen.summary()
     if resume:
         source_vocab, target_vocab = info.source_vocab, info.target_vocab
     else:
@@ -283,11 +294,21 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_chrf": -1.0, "best_epoch": 0,
              "stale_epochs": 0, "plateau_factor": 1.0, "elapsed": 0.0, "history": [],
              "epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_tokens": 0}
+    steps_per_epoch = math.ceil(len(train_data) / train_config.batch_size) // world
+    if steps_per_epoch == 0:  # a process without a batch would leave the others waiting in DDP's all-reduce
+        raise ConfigError(f"{len(train_data)} training pairs make fewer batches of {train_config.batch_size} than "
+                          f"the {world} processes; lower --batch-size or start fewer processes")
+    if world > 1:  # every process has checked out_dir before rank 0 writes into it
+        dist.barrier()
     if resume:
         state = _load_train_state(out_dir, model, optimizer, state)
         log.info("resuming %s at epoch %d, step %d", out_dir, state["epoch"] + 1, state["step_in_epoch"])
     elif rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # e.g. a parent is a file, or no permission
+            raise ConfigError(f"cannot create the model directory {out_dir} ({err.strerror}); choose another --out") \
+                from None
         for stale in (ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE):
             (out_dir / stale).unlink(missing_ok=True)
         ckpt.write_json(out_dir / ckpt.CONFIG_FILE, info.to_json())
@@ -298,7 +319,6 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         _write_log(out_dir, [])
 
     trained_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    steps_per_epoch = math.ceil(len(train_data) / train_config.batch_size) // world or 1
     total_steps = steps_per_epoch * train_config.epochs
     if rank == 0:
         notify("start", {"device": str(device), "parameters": model.num_parameters(), "world_size": world,
@@ -343,7 +363,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
                                 "loss": state["epoch_loss_sum"] / state["epoch_tokens"],
                                 "accuracy": state["epoch_correct"] / state["epoch_tokens"],
                                 "pairs_per_s": pairs_done / max(elapsed, 1e-9), "lr": lr})
-            out_of_time = _agree(budget > 0 and time.monotonic() - clock >= budget, world)
+            out_of_time = _agree(budget > 0 and time.monotonic() - clock >= budget, world, device)
             if out_of_time:
                 break
             if rank == 0 and time.monotonic() - last_checkpoint >= train_config.checkpoint_minutes * 60:
@@ -375,6 +395,11 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
             notify("epoch", record)
             if train_config.patience and state["stale_epochs"] >= train_config.patience:
                 stop, stopped = True, "early stopping"
+        if world > 1:  # only rank 0 validates: all processes must apply its lr factor and stop with it
+            shared = [{k: state[k] for k in _DECIDED_BY_RANK0}, stop, stopped]
+            dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+            state.update(shared[0])
+            stop, stopped = shared[1], shared[2]
         state.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss_sum=0.0, epoch_correct=0.0, epoch_tokens=0)
         if out_of_time:
             stop, stopped = True, "time budget"
@@ -382,24 +407,38 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
             state["elapsed"] = time.monotonic() - clock
             _save_train_state(out_dir, model, optimizer, state)
             last_checkpoint = time.monotonic()
-        if _agree(stop, world):
+        if stop:
             break
 
     if world > 1:
         dist.barrier()
+    if os.environ.get("CHARMT_DEBUG_RANK_DUMP"):
+        _dump_rank(Path(os.environ["CHARMT_DEBUG_RANK_DUMP"]), rank, model, optimizer, state)
     result = TrainResult(out_dir, state["best_chrf"], state["best_epoch"], state["epoch"], stopped, state["history"])
     if rank == 0:
         notify("end", asdict(result))
     return result
 
 
-def _agree(flag: bool, world: int) -> bool:
+_DECIDED_BY_RANK0 = ("best_chrf", "best_epoch", "stale_epochs", "plateau_factor", "history")
+
+
+def _agree(flag: bool, world: int, device: torch.device) -> bool:
     """True on every process when any process says True (so all ranks stop together)."""
     if world == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=device)  # NCCL reduces CUDA tensors only
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _dump_rank(directory: Path, rank: int, model: Seq2Seq, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Debug hook, set CHARMT_DEBUG_RANK_DUMP=DIR: each process writes DIR/rank{r}.txt with the sha256 of its
+    final weights, its learning rate and step, so tests can check that DDP kept the processes' copies identical."""
+    weights = save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"rank{rank}.txt").write_text(f"{hashlib.sha256(weights).hexdigest()} "
+                                               f"lr={optimizer.param_groups[0]['lr']!r} step={state['global_step']}\n")
 
 
 class _nullcontext:

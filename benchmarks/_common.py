@@ -1,0 +1,125 @@
+"""Shared by the benchmark scripts: the machine's state, timing statistics, the seed data, FLOP counts, results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_DATA = os.environ.get("CHARMT_BENCH_DATA", "/work/shared/data/fra-eng/fra.txt")
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", default=DEFAULT_DATA, help="the fra-eng pair file (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the results JSON")
+    return p
+
+
+def setup_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def environment() -> dict:
+    """What the numbers depend on; the load average says how busy the shared machine was."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def print_environment(env: dict) -> None:
+    print(f"cpu_count={env['cpu_count']} torch_threads={env['torch_threads']} "
+          f"interop={env['torch_interop_threads']} load_average={env['load_average']} "
+          f"torch={env['torch']} cpu={env['processor']!r}", flush=True)
+
+
+def load_now() -> str:
+    """The 1-minute load average, for the per-round lines."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def median(xs) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def spread(xs) -> str:
+    """'median (min-max, n)' for printing."""
+    if not xs:
+        return "n/a"
+    return f"{median(xs):.4g} ({min(xs):.4g}-{max(xs):.4g}, n={len(xs)})"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> list[float]:
+    """fp32 GFLOP/s of an n x n x n matmul with the current torch threads, one value per repeat."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+def lstm_step_flops(input_size: int, hidden: int) -> int:
+    """Multiply-adds x2 of one LSTM step for one sequence: the four gates' input and recurrent matmuls."""
+    return 2 * 4 * hidden * (input_size + hidden)
+
+
+def seed_pair_flops(src_chars: int, tgt_steps: int, src_vocab: int, tgt_vocab: int, hidden: int) -> int:
+    """Useful forward+backward FLOPs of the seed network for one pair (no padding), counted as the issue asks:
+    encoder LSTM per source character, decoder LSTM + output layer per target step, x3 for forward+backward."""
+    forward = (src_chars * lstm_step_flops(src_vocab, hidden)
+               + tgt_steps * (lstm_step_flops(tgt_vocab, hidden) + 2 * hidden * tgt_vocab))
+    return 3 * forward
+
+
+def load_seed_selection(data: str):
+    """The example's selection (charmt's SelectionConfig defaults) and its vocabularies."""
+    from charmt.data import SelectionConfig, read_corpus, select
+    from charmt.vocab import Vocab
+
+    selection = select(read_corpus(data), SelectionConfig())
+    pairs = selection.all_pairs
+    return selection, Vocab.build(p.source for p in pairs), Vocab.build(p.target for p in pairs)
+
+
+def save_results(out: Path, name: str, results: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"results written to {path}", flush=True)
+    return path

@@ -1,0 +1,85 @@
+"""Training curves from a model directory's `log.jsonl`: loss, masked accuracy and validation chrF per epoch."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+from .checkpoint import atomic_write
+from .errors import ConfigError, ModelFormatError
+
+PANELS = (  # (title, [(log key, label)])
+    ("loss (cross-entropy)", [("train_loss", "train"), ("val_loss", "validation")]),
+    ("masked character accuracy", [("train_accuracy", "train"), ("val_accuracy", "validation")]),
+    ("validation chrF", [("val_chrf", "chrF")]),
+)
+
+
+def read_log(log_path: str | os.PathLike) -> list[dict]:
+    """The epoch records of a training log, one per epoch (the last one wins if an epoch appears twice)."""
+    log_path = Path(log_path)
+    try:
+        lines = log_path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ModelFormatError(f"{log_path} is missing: only models trained by `charmt train` have a training "
+                               "log (imported models have none)") from None
+    except (IsADirectoryError, UnicodeDecodeError) as err:
+        raise ModelFormatError(f"{log_path} is not a training log ({err})") from None
+    by_epoch: dict[int, dict] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            by_epoch[int(record["epoch"])] = record
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ModelFormatError(f"{log_path} line {number} is not an epoch record; is it charmt's log.jsonl?") \
+                from None
+    if not by_epoch:
+        raise ModelFormatError(f"{log_path} holds no epoch yet; plot again once the first epoch has ended")
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot_training(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
+    """Draw the curves of `log_path` into the PNG `png_path` (written atomically) and return its path."""
+    records = read_log(log_path)
+    try:  # the Agg canvas directly, not pyplot: no display needed and no global backend switched
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'charmt[plot]'") from None
+
+    epochs = [r["epoch"] for r in records]
+    best = [r["epoch"] for r in records if r.get("best")]
+    fig = Figure(figsize=(4.2 * len(PANELS), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(PANELS))
+    for ax, (title, series) in zip(axes, PANELS):
+        drawn = False
+        for key, label in series:
+            points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+                drawn = True
+        if best:
+            ax.axvline(best[-1], color="grey", linestyle=":", linewidth=1, label=f"best (epoch {best[-1]})")
+        if not drawn:
+            ax.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if drawn or best:
+            ax.legend(fontsize="small")
+    fig.suptitle(f"{Path(log_path).parent.name}: {len(records)} epochs")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    png_path = Path(png_path)
+    if png_path.parent != Path(""):
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(png_path, buffer.getvalue())
+    return png_path
