@@ -68,3 +68,32 @@ def test_cli_plot(tmp_path, capsys):
     assert (model / "training.png").read_bytes().startswith(PNG_SIGNATURE)
     assert main(["plot", str(tmp_path / "nowhere")]) == 1
     assert "nowhere/log.jsonl is missing" in capsys.readouterr().err
+
+
+def test_attention_command_draws_one_row_per_output_character(tiny_model_dir, tmp_path, capsys):
+    from charmt.decode import Translator, attention_weights
+
+    translator = Translator.load(tiny_model_dir, device="cpu")
+    source, output, weights = attention_weights(translator, "I see the cat.")
+    assert "".join(output) == translator.translate(["I see the cat."], split=False)[0]
+    assert len(weights) == len(output) and all(len(row) == len(source) for row in weights)
+    assert all(abs(sum(row) - 1.0) < 1e-4 for row in weights)
+    png = tmp_path / "att.png"
+    assert main(["attention", str(tiny_model_dir), "I see the cat.", "--png", str(png), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == "".join(output) + "\n"
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_evaluate_plot_writes_the_length_breakdown(tiny_model_dir, tmp_path, demo_lines):
+    data = tmp_path / "pairs.txt"
+    data.write_text("\n".join(demo_lines[150:190]) + "\n", encoding="utf-8")
+    png = tmp_path / "lengths.png"
+    assert main(["evaluate", str(tiny_model_dir), str(data), "--plot", str(png), "--device", "cpu"]) == 0
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_length_breakdown_without_rows_is_an_error(tmp_path):
+    from charmt.plots import plot_length_breakdown
+
+    with pytest.raises(CharmtError, match="no scores"):
+        plot_length_breakdown([], tmp_path / "x.png")

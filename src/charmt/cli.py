@@ -196,6 +196,11 @@ def cmd_evaluate(args) -> int:
                            max_sentences=args.max_sentences)
     if args.output:
         Path(args.output).write_text("".join(h + "\n" for h in report.hypotheses), encoding="utf-8")
+    if args.plot:
+        from .plots import plot_length_breakdown
+
+        title = f"{Path(args.model).name} on {Path(args.data).name} ({report.split}, beam {args.beam})"
+        plot_length_breakdown(report.by_length, args.plot, title)
     if args.json:
         print(json.dumps(report.summary(), indent=2))
         return 0
@@ -254,6 +259,16 @@ def cmd_demo(args) -> int:
         for pair, output in zip(held_out, outputs):
             mark = "=" if output == pair.target else "~"
             print(f"  {pair.source:<32} -> {output}   {mark} {pair.target}")
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from .decode import Translator, attention_weights
+    from .plots import plot_attention
+
+    source, output, weights = attention_weights(Translator.load(args.model, device=args.device), args.sentence)
+    print("".join(output))
+    print(plot_attention(source, output, weights, args.png), file=sys.stderr)
     return 0
 
 
@@ -369,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sentences", type=int, help="evaluate on the first N distinct sources only")
     p.add_argument("--output", help="write the hypotheses here, one per line")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw chrF and BLEU by source length into this PNG")
     _add_device(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -386,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=10, help="held-out sentences to translate (default: 10)")
     _add_device(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("attention", help="translate one sentence and draw its attention heatmap as PNG")
+    p.add_argument("model", help="model directory (trained with --attention luong)")
+    p.add_argument("sentence", help="sentence to translate")
+    p.add_argument("--png", required=True, help="where to write the heatmap")
+    _add_device(p)
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("split", help="hold out a multi-reference test set by source sentence (train.txt, test.txt)")
     p.add_argument("data", help="pair file (.txt or .zip)")

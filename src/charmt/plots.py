@@ -1,4 +1,4 @@
-"""Training curves from a model directory's `log.jsonl`: loss, masked accuracy and validation chrF per epoch."""
+"""PNG plots: training curves from `log.jsonl`, scores by source length, and attention heatmaps."""
 
 from __future__ import annotations
 
@@ -45,17 +45,11 @@ def read_log(log_path: str | os.PathLike) -> list[dict]:
 def plot_training(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
     """Draw the curves of `log_path` into the PNG `png_path` (written atomically) and return its path."""
     records = read_log(log_path)
-    try:  # the Agg canvas directly, not pyplot: no display needed and no global backend switched
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'charmt[plot]'") from None
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in records]
     best = [r["epoch"] for r in records if r.get("best")]
-    fig = Figure(figsize=(4.2 * len(PANELS), 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((4.2 * len(PANELS), 3.6))
     axes = fig.subplots(1, len(PANELS))
     for ax, (title, series) in zip(axes, PANELS):
         drawn = False
@@ -76,6 +70,57 @@ def plot_training(log_path: str | os.PathLike, png_path: str | os.PathLike) -> P
         if drawn or best:
             ax.legend(fontsize="small")
     fig.suptitle(f"{Path(log_path).parent.name}: {len(records)} epochs")
+    return _save(fig, png_path)
+
+
+def plot_length_breakdown(rows: list[dict], png_path: str | os.PathLike, title: str = "") -> Path:
+    """chrF and BLEU per bucket of source length (the rows of `evaluate.length_breakdown`)."""
+    if not rows:
+        raise ConfigError("no scores to plot")
+    fig = _figure((6.4, 3.8))
+    ax = fig.subplots()
+    labels = [f"{r['lengths']}\n({r['sentences']})" for r in rows]
+    x = range(len(rows))
+    ax.bar([i - 0.2 for i in x], [r["chrf"] for r in rows], width=0.4, label="chrF")
+    ax.bar([i + 0.2 for i in x], [r["bleu"] for r in rows], width=0.4, label="BLEU")
+    ax.set_xticks(list(x), labels)
+    ax.set_xlabel("source length in characters (sentences)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "scores by source length")
+    return _save(fig, png_path)
+
+
+def plot_attention(source: list[str], output: list[str], weights: list[list[float]],
+                   png_path: str | os.PathLike) -> Path:
+    """Heatmap of attention weights: one row per output character, one column per source character."""
+    if not weights:
+        raise ConfigError("the translation is empty: no attention to draw")
+    fig = _figure((max(4.0, 0.32 * len(source) + 1.5), max(3.0, 0.32 * len(output) + 1.2)))
+    ax = fig.subplots()
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    shown = lambda chars: ["␣" if c == " " else c for c in chars]  # noqa: E731
+    ax.set_xticks(range(len(source)), shown(source))
+    ax.set_yticks(range(len(output)), shown(output))
+    ax.set_xlabel("source character")
+    ax.set_ylabel("output character")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return _save(fig, png_path)
+
+
+def _figure(size: tuple[float, float]):
+    try:  # the Agg canvas directly, not pyplot: no display needed and no global backend switched
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'charmt[plot]'") from None
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, png_path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     png_path = Path(png_path)
