@@ -16,11 +16,14 @@ from pathlib import Path
 import pytest
 from conftest import write_pairs
 
+from charmt.checkpoint import load_info
 from charmt.cli import build_parser, main
 from charmt.decode import Translator
 from charmt.evaluate import evaluate_file
 
-CHARMT = Path(sys.executable).parent / "charmt"
+# The installed console script; `python -m charmt` where the package is not installed with its scripts.
+_SCRIPT = Path(sys.executable).parent / "charmt"
+CHARMT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "charmt"]
 FOUNDATION_COMMANDS = {"train", "translate", "evaluate", "inspect", "demo", "download"}
 
 
@@ -76,6 +79,7 @@ def test_version(capsys):
         (["translate", "{tmp}", "Hi."], "{tmp}/config.json is missing: {tmp} is not a charmt model directory"),
         (["evaluate", "{tmp}/nope", "{tmp}/missing.txt"], "{tmp}/nope is not a model directory (no such directory)"),
         (["inspect", "{tmp}/missing.txt", "Hi."], "{tmp}/missing.txt: no such file"),
+        (["translate", "{tmp}", "--device", "tpu", "Hi."], "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         (["download", "FR", "--dir", "{tmp}"],
          "'FR' is not a language code like 'fra' or 'deu' (see manythings.org/anki)"),
     ],
@@ -95,9 +99,24 @@ def test_option_errors_in_a_loaded_model_are_one_line_too(tiny_model_dir, capsys
     assert err.endswith("charmt: error: --beam and --n-best must be at least 1\n") and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["translate", "{model}", "--batch-size", "0", "Hi."],
+        ["evaluate", "{model}", "{data}", "--output", "{tmp}/no/such/dir/out.txt"],
+    ],
+    ids=["batch-size-0", "output-dir-missing"],
+)
+def test_bad_options_are_one_line_errors_too(tiny_model_dir, tmp_path, capsys, argv):
+    values = {"model": tiny_model_dir, "data": tiny_model_dir.parent / "pairs.txt", "tmp": tmp_path}
+    assert main(["-q", *(a.format(**values) for a in argv)]) == 1
+    err = capsys.readouterr().err
+    assert len(_error_lines(err)) == 1 and err.count("\n") == 1
+
+
 def test_a_bad_model_dir_in_a_new_process(tmp_path):
     (tmp_path / "config.json").write_text('{"format": "charmt-model", "format_version": 1}')
-    run = subprocess.run([str(CHARMT), "translate", str(tmp_path), "Hi."], capture_output=True, text=True,
+    run = subprocess.run([*CHARMT, "translate", str(tmp_path), "Hi."], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 1
     assert run.stderr == f"charmt: error: {tmp_path}/config.json is malformed (KeyError: 'model')\n"
@@ -177,7 +196,9 @@ def _check_shifted_table(out: str, source: str, target: str) -> None:
 def test_inspect_a_model_dir(tiny_model_dir, capsys):
     assert main(["inspect", str(tiny_model_dir), "She eats the bread.", "Elle mange."]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("source vocabulary: 45 tokens; target vocabulary: 58 tokens")
+    info = load_info(tiny_model_dir)
+    assert out.startswith(f"source vocabulary: {len(info.source_vocab)} tokens; target vocabulary: "
+                          f"{len(info.target_vocab)} tokens")
     _check_shifted_table(out, "She eats the bread.", "Elle mange.")
 
 

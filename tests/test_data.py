@@ -89,7 +89,7 @@ def test_malformed_lines_are_counted_with_line_numbers(tmp_path, lines, pairs, m
         (b"one column\nalso one\n", "holds no usable pair: expected lines of 'source<TAB>target[<TAB>attribution]' "
                                     "(2 malformed lines, first at line 1)"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "looks like a binary file, not a text file of tab-separated pairs"),
-        ("Go.\tVa !\n".encode("utf-16"), "looks like a binary file, not a text file of tab-separated pairs"),
+        ("Go.\tVa !\n".encode("utf-16"), "is UTF-16 text; save it as UTF-8"),
         ("Go.\tVa !\nCafé\tCafé\n".encode("latin-1"), "is not UTF-8 text (bad byte at line 2); save it as UTF-8"),
     ],
     ids=["empty", "blank", "no-tabs", "binary", "utf16", "latin1"],
@@ -371,6 +371,21 @@ def test_download_failures_leave_no_file(server, tmp_path, path, message):
         download("fra", url=url, directory=tmp_path / "cache")
     assert str(err.value) == message.format(url=url)
     assert list((tmp_path / "cache").iterdir()) == []  # neither fra-eng.zip nor a *.part
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not-a-url", "not-a-url is not a download address (unknown url type: 'not-a-url'); give a full URL like "
+                      "https://www.manythings.org/anki/fra-eng.zip"),
+        ("gopher2://example.org/x.zip", "gopher2://example.org/x.zip: download failed (unknown url type: gopher2)"),
+    ],
+)
+def test_download_from_a_bad_address(tmp_path, url, message):
+    with pytest.raises(DownloadError) as err:
+        download("fra", url=url, directory=tmp_path)
+    assert str(err.value) == message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_download_rejects_a_bad_language_code(tmp_path):

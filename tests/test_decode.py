@@ -223,10 +223,9 @@ def test_very_long_input_does_not_crash(translator, caplog):
         ("No end", ["No end"]),
         ("", []),
         ("   ", []),
-        pytest.param('He said "Go." Then he left.', ['He said "Go."', "Then he left."],
-                     marks=pytest.mark.xfail(strict=True, reason="the split swallows a closing quote")),
-        pytest.param("«Non.» Puis il part.", ["«Non.»", "Puis il part."],
-                     marks=pytest.mark.xfail(strict=True, reason="the split swallows a closing quote")),
+        ('He said "Go." Then he left.', ['He said "Go."', "Then he left."]),
+        ("«Non.» Puis il part.", ["«Non.»", "Puis il part."]),
+        ("(See above.) Then go.", ["(See above.)", "Then go."]),
     ],
 )
 def test_split_sentences(text, expected):

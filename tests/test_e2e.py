@@ -21,7 +21,9 @@ from charmt.decode import Translator
 from charmt.model import ModelConfig
 from charmt.train import TrainConfig, preset_configs, train, updated
 
-CHARMT = Path(sys.executable).parent / "charmt"
+# The installed console script; `python -m charmt` where the package is not installed with its scripts.
+_SCRIPT = Path(sys.executable).parent / "charmt"
+CHARMT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "charmt"]
 MODEL = dict(hidden_size=16, embedding_size=8, bidirectional=True, attention="luong")
 TRAINING = dict(epochs=2, batch_size=16, seed=7, device="cpu", eval_sentences=10)
 SELECTION = dict(validation_fraction=0.15)
@@ -86,7 +88,7 @@ def test_a_new_process_translates_exactly_as_after_training(runs):
     assert all(expected[i] for i in (0, 2, 3, 5, 6))
     # One thread, as in this process (tests/conftest.py), so both compute in the same order.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([str(CHARMT), "-q", "translate", str(model_dir), "--device", "cpu"],
+    run = subprocess.run([*CHARMT, "-q", "translate", str(model_dir), "--device", "cpu"],
                          input="\n".join(SENTENCES) + "\n", capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n") == [*expected, ""]

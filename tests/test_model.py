@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from charmt.errors import ConfigError
-from charmt.model import ModelConfig, OneHot, Seq2Seq
+from charmt.model import ModelConfig, OneHot, Seq2Seq, resolve_device
 from charmt.train import preset_configs
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
@@ -178,3 +178,23 @@ def test_dropout_is_off_in_eval_mode():
     src, lengths, tgt_in, _ = batch([4, 8], [6, 3])
     with torch.no_grad():
         assert torch.equal(model(src, lengths, tgt_in)[0], model(src, lengths, tgt_in)[0])
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", "cpu"), ("auto", "cuda" if torch.cuda.is_available() else "cpu")])
+def test_resolve_device(device, expected):
+    assert resolve_device(device).type == expected
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("tpu", "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        ("cuda:x", "--device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+        pytest.param("cuda", "--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")),
+    ],
+)
+def test_resolve_device_rejects(device, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_device(device)
+    assert str(err.value) == message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from charmt.vocab import END, END_ID, PAD, PAD_ID, SPECIALS, START, START_ID, UNK, UNK_ID, Vocab, normalize
@@ -84,6 +84,7 @@ def test_decode_table(ids, expected):
     assert VOCAB.decode([VOCAB.index[i] if isinstance(i, str) else i for i in ids]) == expected
 
 
+@settings(derandomize=True)
 @given(st.lists(st.sampled_from(VOCAB.chars + ["e\u0301", "c\u0327"]), max_size=60).map("".join))
 def test_round_trip_gives_the_nfc_form(text):
     assert VOCAB.decode(VOCAB.encode(text)) == unicodedata.normalize("NFC", text)
@@ -91,6 +92,7 @@ def test_round_trip_gives_the_nfc_form(text):
     assert VOCAB.unknown_chars(text) == set()
 
 
+@settings(derandomize=True)
 @given(st.text(alphabet=st.characters(blacklist_characters="\t\n", blacklist_categories=("Cs",)), max_size=40))
 def test_any_text_encodes_to_one_id_per_nfc_character(text):
     ids = VOCAB.encode(text)

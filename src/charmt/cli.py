@@ -195,7 +195,10 @@ def cmd_evaluate(args) -> int:
     report = evaluate_file(args.model, args.data, split=args.split, beam=args.beam, device=args.device,
                            max_sentences=args.max_sentences)
     if args.output:
-        Path(args.output).write_text("".join(h + "\n" for h in report.hypotheses), encoding="utf-8")
+        try:
+            Path(args.output).write_text("".join(h + "\n" for h in report.hypotheses), encoding="utf-8")
+        except OSError as err:
+            raise CharmtError(f"cannot write {args.output}: {err.strerror or err}") from None
     if args.plot:
         from .plots import plot_length_breakdown
 

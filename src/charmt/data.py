@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import lzma
 import math
 import os
 import random
@@ -16,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,8 @@ def read_corpus(path: str | os.PathLike, *, reverse: bool = False) -> Corpus:
     With `reverse`, the second column is the source and the first the target.
     """
     raw = _read_bytes(Path(path))
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path} is UTF-16 text; save it as UTF-8")
     if b"\x00" in raw[:65536]:
         raise DataError(f"{path} looks like a binary file, not a text file of tab-separated pairs")
     try:
@@ -108,14 +112,17 @@ def _read_bytes(path: Path) -> bytes:
 def _read_from_zip(path: Path) -> bytes:
     try:
         with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith(".txt") and not n.split("/")[-1].startswith("_")]
+            names = [n for n in archive.namelist() if n.endswith(".txt") and not n.startswith("__MACOSX/")
+                     and not n.split("/")[-1].startswith(("_", "."))]
             if len(names) != 1:
                 raise DataError(
                     f"{path}: expected exactly one pair file (*.txt besides _about.txt) in the zip, found {names}"
                 )
             return archive.read(names[0])
-    except zipfile.BadZipFile as err:
-        raise DataError(f"{path} is a damaged zip file ({err})") from None
+    # What zipfile and its decompressors raise on damaged or unsupported archives (found by tests/test_fuzz_data.py).
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError,
+            UnicodeDecodeError) as err:
+        raise DataError(f"{path} is a damaged zip file ({err or type(err).__name__})") from None
 
 
 @dataclass
@@ -290,7 +297,12 @@ def download(lang: str, *, url: str | None = None, directory: str | os.PathLike 
         log.info("using cached %s", target)
         return target
     target_dir.mkdir(parents=True, exist_ok=True)
-    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    except ValueError as err:  # a --url without a scheme
+        raise DownloadError(
+            f"{url} is not a download address ({err}); give a full URL like {DOWNLOAD_URL.format(lang=lang)}"
+        ) from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{lang}-eng.", suffix=".part", dir=target_dir)
     try:
         with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(request, timeout=timeout) as response:

@@ -168,13 +168,21 @@ def beam_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, ma
     return [sorted(hyps, key=lambda h: -h[1])[:n_best] for hyps in finished]
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»”)]*\s+(?=[\"'«“(¿¡]?[A-Z0-9ÀÂÄÇÉÈÊËÎÏÔÖÙÛÜŸ])")
+_SENTENCE_BREAK = re.compile(r"[.!?…][\"'»”’)\]]*\s+")  # end punctuation, closing quotes, then space
+_OPENING = "\"'«“‘(¿¡["
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split a paragraph after ., ! or ? followed by space and a capital letter (a model trained on sentences
-    should not be fed a paragraph in one piece)."""
-    return [s for s in (part.strip() for part in _SENTENCE_END.split(text)) if s]
+    """Split a paragraph where ., !, ? or … (and any closing quotes) is followed by space and a capital letter
+    or digit (a model trained on sentences should not be fed a paragraph in one piece)."""
+    pieces, start = [], 0
+    for match in _SENTENCE_BREAK.finditer(text):
+        following = text[match.end() :].lstrip(_OPENING)[:1]
+        if following and (following.isupper() or following.isdigit()):
+            pieces.append(text[start : match.end()])
+            start = match.end()
+    pieces.append(text[start:])
+    return [p.strip() for p in pieces if p.strip()]
 
 
 class Translator:
@@ -210,6 +218,8 @@ class Translator:
         sentences, translated in one batch and rejoined (the score is then the sum over the sentences)."""
         if beam < 1 or n_best < 1:
             raise ConfigError("--beam and --n-best must be at least 1")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if beam == 1 and n_best > 1:
             raise ConfigError("--n-best needs beam search: add --beam N with N >= n-best")
         texts = [str(t) for t in texts]

@@ -47,6 +47,10 @@ def pick_pairs(corpus: Corpus, model_dir: str | os.PathLike, split: str) -> tupl
     if split in ("test", "validation"):
         if not same_file:
             raise DataError(f"--split {split} needs the file the model was trained on; {corpus.path} is another file")
+        if not recorded[split]:
+            other = "validation" if split == "test" else "test"
+            raise DataError(f"{model_dir} recorded no {split} pairs (trained with --{split}-fraction 0); "
+                            f"use --split {other}, or evaluate on a separate file")
         return split, pairs_at_lines(corpus, recorded[split])
     if split != "auto":
         raise DataError(f"--split must be auto, test, validation or all, not {split!r}")

@@ -206,7 +206,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' picks CUDA when present, else the CPU."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {str(device)!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
     return device

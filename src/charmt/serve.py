@@ -216,13 +216,21 @@ def create_app(translator: Translator, *, name: str = "model", max_texts: int = 
     async def charmt_error(request: Request, exc: CharmtError) -> JSONResponse:
         return error(400, str(exc))
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body:
-            return error(413, f"request body of {length} bytes is larger than this server accepts ({max_body}); "
-                              f"send at most {max_texts} texts of at most {max_chars} characters")
-        return await call_next(request)
+    class LimitBody:  # plain ASGI: refuses a declared oversized body before anything reads it
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http":
+                length = dict(scope["headers"]).get(b"content-length", b"")
+                if length.isdigit() and int(length) > max_body:
+                    response = error(413, f"request body of {int(length)} bytes is larger than this server accepts "
+                                          f"({max_body}); send at most {max_texts} texts of at most {max_chars} "
+                                          "characters")
+                    return await response(scope, receive, send)
+            return await self.app(scope, receive, send)
+
+    app.add_middleware(LimitBody)
 
     def check_text(text: str, index: int | None = None) -> JSONResponse | None:
         if len(text) > max_chars:

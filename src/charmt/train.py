@@ -27,7 +27,7 @@ from .decode import Translator
 from .errors import ConfigError, DataError, ModelFormatError
 from .metrics import collapse_warning, masked_accuracy, score_translations
 from .model import ModelConfig, Seq2Seq, resolve_device
-from .vocab import PAD_ID, Vocab
+from .vocab import PAD_ID, Vocab, normalize
 
 log = logging.getLogger("charmt")
 
@@ -42,7 +42,7 @@ class TrainConfig:
     optimizer: str = "rmsprop"  # "rmsprop" uses Keras's defaults (rho 0.9, epsilon 1e-7), as the example
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # "plateau": halve when validation chrF stalls; "cosine": to 0 over epochs
+    lr_schedule: str = "constant"  # "plateau": halve when validation chrF stalls; "cosine": to 0 by the end
     warmup_steps: int = 0  # linear warm-up of the learning rate
     clip_grad_norm: float = 0.0  # 0: no clipping
     patience: int = 0  # stop after this many epochs without a better validation chrF (0: never)
@@ -80,10 +80,10 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
     ),
     # The quality preset: trains in at most an hour on 2 CPU cores on the whole pool, all sentence lengths.
     "base": (
-        dict(hidden_size=256, embedding_size=64, num_layers=2, bidirectional=True, attention="luong", dropout=0.2),
-        dict(epochs=30, batch_size=64, optimizer="adamw", learning_rate=2e-3, weight_decay=0.01,
-             lr_schedule="plateau", warmup_steps=200, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
-             eval_sentences=1000),
+        dict(hidden_size=256, embedding_size=64, bidirectional=True, attention="luong", dropout=0.1),
+        dict(epochs=12, batch_size=64, optimizer="adamw", learning_rate=2e-3, weight_decay=0.01,
+             lr_schedule="cosine", warmup_steps=300, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
+             eval_sentences=1000, checkpoint_minutes=5.0),
         dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
              validation_fraction=0.01),
     ),
@@ -176,10 +176,11 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def _learning_rate(cfg: TrainConfig, step: int, total_steps: int, plateau_factor: float) -> float:
+def _learning_rate(cfg: TrainConfig, step: int, progress: float, plateau_factor: float) -> float:
+    """`progress` in [0, 1]: how much of the run is done (of its epochs, or of its time budget if that ends first)."""
     lr = cfg.learning_rate * plateau_factor
-    if cfg.lr_schedule == "cosine" and total_steps > 0:
-        lr *= 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    if cfg.lr_schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     if cfg.warmup_steps and step < cfg.warmup_steps:
         lr *= (step + 1) / cfg.warmup_steps
     return lr
@@ -214,7 +215,7 @@ def references_by_source(pairs: list[Pair]) -> tuple[list[Pair], list[list[str]]
     """One pair per distinct source, with every target of that source as its references."""
     groups: dict[str, list[Pair]] = {}
     for p in pairs:
-        groups.setdefault(p.source.strip(), []).append(p)
+        groups.setdefault(normalize(p.source).strip(), []).append(p)
     return [g[0] for g in groups.values()], [[p.target for p in g] for g in groups.values()]
 
 
@@ -339,7 +340,10 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         model.train()
         out_of_time = False
         for step in range(state["step_in_epoch"], len(batches)):
-            lr = _learning_rate(train_config, state["global_step"], total_steps, state["plateau_factor"])
+            progress = state["global_step"] / total_steps
+            if budget:
+                progress = max(progress, (time.monotonic() - clock) / budget)
+            lr = _learning_rate(train_config, state["global_step"], progress, state["plateau_factor"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
             src, lengths, tgt_in, tgt_out = collate(train_data, batches[step], device)

@@ -127,9 +127,8 @@ async function showAttention(box, source) {
 function drawHeatmap(data) {
   const table = $("heatmap");
   table.replaceChildren();
-  const caption = document.createElement("caption");
-  caption.textContent = `Attention of the greedy output "${data.translation}" on "${data.source.join("")}"`;
-  table.append(caption);
+  $("heatmap-caption").textContent =
+    `Attention of the greedy output "${data.translation}" on "${data.source.join("")}"`;
   const head = document.createElement("tr");
   const corner = document.createElement("th");
   corner.setAttribute("aria-label", "output character / source character");
