@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import tempfile
+import time
 from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
@@ -97,6 +98,7 @@ class _Progress:
     def __init__(self, quiet: bool = False):
         self.bar = None
         self.quiet = quiet
+        self.last_line = time.monotonic()
 
     def __call__(self, event: str, info: dict) -> None:
         from tqdm import tqdm
@@ -121,6 +123,12 @@ class _Progress:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['accuracy']:.3f}",
                                  pairs_s=f"{info['pairs_per_s']:.0f}", refresh=False)
+            if self.bar.disable and not self.quiet and time.monotonic() - self.last_line >= 60:
+                # No terminal (a log file, CI): a plain line a minute instead of the bar.
+                self.last_line = time.monotonic()
+                left = (info["steps"] - info["step"]) / max(info["steps_per_s"], 1e-9)
+                _say(f"  epoch {info['epoch']} step {info['step']}/{info['steps']}: loss {info['loss']:.3f}, "
+                     f"acc {info['accuracy']:.3f}, {info['pairs_per_s']:.0f} pairs/s, epoch ETA {left / 60:.1f} min")
         elif event == "epoch":
             if self.bar is not None:
                 self.bar.close()

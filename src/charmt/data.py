@@ -122,7 +122,7 @@ def _read_from_zip(path: Path) -> bytes:
     # What zipfile and its decompressors raise on damaged or unsupported archives (found by tests/test_fuzz_data.py).
     except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError,
             UnicodeDecodeError) as err:
-        raise DataError(f"{path} is a damaged zip file ({err or type(err).__name__})") from None
+        raise DataError(f"{path} is a damaged zip file ({str(err) or type(err).__name__})") from None
 
 
 @dataclass

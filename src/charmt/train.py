@@ -339,7 +339,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         epoch_start, pairs_done = time.monotonic(), 0
         model.train()
         out_of_time = False
-        for step in range(state["step_in_epoch"], len(batches)):
+        first_step = state["step_in_epoch"]
+        for step in range(first_step, len(batches)):
             progress = state["global_step"] / total_steps
             if budget:
                 progress = max(progress, (time.monotonic() - clock) / budget)
@@ -366,7 +367,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
                 notify("step", {"epoch": epoch + 1, "step": step + 1, "steps": len(batches),
                                 "loss": state["epoch_loss_sum"] / state["epoch_tokens"],
                                 "accuracy": state["epoch_correct"] / state["epoch_tokens"],
-                                "pairs_per_s": pairs_done / max(elapsed, 1e-9), "lr": lr})
+                                "pairs_per_s": pairs_done / max(elapsed, 1e-9), "lr": lr,
+                                "steps_per_s": (step + 1 - first_step) / max(elapsed, 1e-9)})
             out_of_time = _agree(budget > 0 and time.monotonic() - clock >= budget, world, device)
             if out_of_time:
                 break
