@@ -14,12 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_pairs
 
 from charmt.checkpoint import load_info
 from charmt.cli import build_parser, main
 from charmt.decode import Translator
 from charmt.evaluate import evaluate_file
+
+from conftest import write_pairs
 
 # The installed console script; `python -m charmt` where the package is not installed with its scripts.
 _SCRIPT = Path(sys.executable).parent / "charmt"

@@ -12,10 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_pairs
 
 from charmt.data import Pair, SelectionConfig, download, read_corpus, select, split_by_source
 from charmt.errors import DataError, DownloadError
+
+from conftest import write_pairs
 
 ATTRIBUTION = "CC-BY 2.0 (France) Attribution: tatoeba.org #2877272 (CM) & #1158250 (Wittydev)"
 PAIRS = [("Go.", "Va !"), ("Hi.", "Salut !"), ("Café?", "Un café ?"), ("I'm cold.", "J'ai froid.")]

@@ -1,12 +1,11 @@
 """Multi-process training under torchrun (gloo on the CPU): the processes end with identical weights, only
 rank 0 writes into the model directory, and a run that cannot give every process a batch fails instead of
-hanging. Each run has a 120 s limit, after which the whole process group is killed."""
+hanging. Each run has a 120 s limit, after which torchrun is told to stop its workers."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from safetensors.torch import save as save_safetensors_bytes
 
 from charmt import checkpoint as ckpt
+
 from conftest import write_pairs
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -60,13 +60,17 @@ def _torchrun(tmp_path: Path, data: Path, out: Path, *flags: str) -> subprocess.
            "OMP_NUM_THREADS": "1"}
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "charmt", "train", str(data),
            "--out", str(out), "--device", "cpu", *flags]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
-        output, _ = proc.communicate()
+        # The workers run in sessions of their own: SIGTERM makes torchrun stop them (SIGKILL would orphan them).
+        proc.terminate()
+        try:
+            output, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
         pytest.fail(f"torchrun hung for {TIMEOUT} s:\n{output[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, output)
 
@@ -78,14 +82,22 @@ def _rank_writes(tmp_path: Path) -> list[str]:
     return lines[1:]
 
 
-def test_two_processes_train_identical_weights_and_only_rank0_writes(tmp_path, demo_lines):
+@pytest.mark.parametrize(
+    "flags, stopped",
+    [
+        # A learning rate so small that validation chrF stalls: the plateau schedule then halves the rate after
+        # epoch 2, a decision only rank 0 (which validates) can take and every process must apply.
+        (["--epochs", "3", "--lr-schedule", "plateau", "--learning-rate", "1e-6"], "epochs"),
+        # Too many epochs for a 3 s budget: the cosine schedule follows the clock, and each process has its own.
+        (["--epochs", "1000", "--lr-schedule", "cosine", "--time-budget", "0.05"], "time budget"),
+    ],
+    ids=["plateau", "time-budget"],
+)
+def test_two_processes_train_identical_weights_and_only_rank0_writes(tmp_path, demo_lines, flags, stopped):
     data = write_pairs(tmp_path / "pairs.txt", demo_lines[:150])
     out = tmp_path / "model"
-    # A learning rate so small that validation chrF stalls: the plateau schedule then halves the rate after
-    # epoch 2, a decision only rank 0 (which validates) can take and every process must apply.
     done = _torchrun(tmp_path, data, out, "--preset", "tiny", "--hidden-size", "16", "--embedding-size", "8",
-                     "--epochs", "3", "--batch-size", "8", "--lr-schedule", "plateau", "--learning-rate", "1e-6",
-                     "--eval-sentences", "10")
+                     "--batch-size", "8", "--eval-sentences", "10", *flags)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "Device: cpu x 2 processes" in done.stdout
 
@@ -95,9 +107,13 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(tmp_path, d
 
     rank0, rank1 = ((tmp_path / "ranks" / f"rank{r}.txt").read_text() for r in (0, 1))
     assert rank0 == rank1  # same weights (sha256), learning rate and step on both processes
+    assert f"epochs ({stopped}); best epoch" in done.stdout
     digest, lr, step = rank0.split()
-    assert lr == "lr=5e-07"  # the plateau halving happened, so the check above covers it
-    assert step == "step=24"  # 17 batches of 8 -> 8 per process per epoch
+    if stopped == "epochs":
+        assert lr == "lr=5e-07"  # the plateau halving happened, so the check above covers it
+        assert step == "step=24"  # 17 batches of 8 -> 8 per process per epoch
+    else:
+        assert float(lr.removeprefix("lr=")) < 1e-3  # the clock, not the step count, drove the schedule
 
     # The weights rank 0 saved in the checkpoint are the ones both processes ended with.
     tensors = ckpt.load_tensors(out / ckpt.CHECKPOINT_FILE)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO, write_pairs
 from safetensors.torch import load_file
 
 from charmt import checkpoint as ckpt
@@ -20,6 +19,8 @@ from charmt.data import SelectionConfig
 from charmt.decode import Translator
 from charmt.model import ModelConfig
 from charmt.train import TrainConfig, preset_configs, train, updated
+
+from conftest import DEMO, write_pairs
 
 # The installed console script; `python -m charmt` where the package is not installed with its scripts.
 _SCRIPT = Path(sys.executable).parent / "charmt"

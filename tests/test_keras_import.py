@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_pairs
 
 from charmt import checkpoint as ckpt
 from charmt.cli import main
@@ -24,6 +23,8 @@ from charmt.data import SelectionConfig
 from charmt.decode import Translator
 from charmt.errors import ConfigError, ModelFormatError
 from charmt.keras_import import import_keras
+
+from conftest import write_pairs
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:keras")  # keras's own numpy 2 warnings
 

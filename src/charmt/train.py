@@ -301,6 +301,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
                           f"the {world} processes; lower --batch-size or start fewer processes")
     if world > 1:  # every process has checked out_dir before rank 0 writes into it
         dist.barrier()
+    if rank == 0 and out_dir.is_dir():
+        _remove_stale_temporaries(out_dir)
     if resume:
         state = _load_train_state(out_dir, model, optimizer, state)
         log.info("resuming %s at epoch %d, step %d", out_dir, state["epoch"] + 1, state["step_in_epoch"])
@@ -329,6 +331,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
     budget = train_config.time_budget_minutes * 60
     stopped = "epochs"
     clock = time.monotonic() - state["elapsed"]
+    time_used = state["elapsed"] / budget if budget else 0.0  # fraction of the budget, the same on every process
     last_checkpoint = time.monotonic()
 
     while state["epoch"] < train_config.epochs:
@@ -343,7 +346,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         for step in range(first_step, len(batches)):
             progress = state["global_step"] / total_steps
             if budget:
-                progress = max(progress, (time.monotonic() - clock) / budget)
+                progress = max(progress, time_used)
             lr = _learning_rate(train_config, state["global_step"], progress, state["plateau_factor"])
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -369,7 +372,9 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
                                 "accuracy": state["epoch_correct"] / state["epoch_tokens"],
                                 "pairs_per_s": pairs_done / max(elapsed, 1e-9), "lr": lr,
                                 "steps_per_s": (step + 1 - first_step) / max(elapsed, 1e-9)})
-            out_of_time = _agree(budget > 0 and time.monotonic() - clock >= budget, world, device)
+            # Under DDP each process has its own clock: all use the slowest one, for the lr and to stop together.
+            time_used = _max_over_ranks((time.monotonic() - clock) / budget if budget else 0.0, world, device)
+            out_of_time = budget > 0 and time_used >= 1.0
             if out_of_time:
                 break
             if rank == 0 and time.monotonic() - last_checkpoint >= train_config.checkpoint_minutes * 60:
@@ -429,13 +434,13 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
 _DECIDED_BY_RANK0 = ("best_chrf", "best_epoch", "stale_epochs", "plateau_factor", "history")
 
 
-def _agree(flag: bool, world: int, device: torch.device) -> bool:
-    """True on every process when any process says True (so all ranks stop together)."""
+def _max_over_ranks(value: float, world: int, device: torch.device) -> float:
+    """The largest of the processes' values, on every process (so that they all take the same decisions)."""
     if world == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)  # NCCL reduces CUDA tensors only
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)  # NCCL reduces CUDA tensors only
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def _dump_rank(directory: Path, rank: int, model: Seq2Seq, optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -469,6 +474,13 @@ def _validate(translator: Translator, valid_data: EncodedPairs, eval_pairs: list
         notify("warning", {"message": warning})
     return {"val_loss": val_loss, "val_accuracy": val_acc, "val_chrf": scores.chrf, "val_bleu": scores.bleu,
             "val_exact_match": scores.exact_match, "samples": samples, "collapsed": bool(warning)}
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Remove the temporary files of atomic writes cut short by a kill -9 (which skips their cleanup)."""
+    for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.SPLIT_FILE):
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def _write_log(out_dir: Path, history: list[dict]) -> None:
