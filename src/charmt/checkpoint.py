@@ -25,6 +25,10 @@ from .errors import ConfigError, ModelFormatError
 from .model import ModelConfig, Seq2Seq
 from .vocab import Vocab
 
+# Read once: os.umask can only be read by setting it, which would race with threads writing files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 FORMAT = "charmt-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -107,7 +111,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; model files are ordinary files
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; model files are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -125,12 +129,6 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -185,6 +185,18 @@ def split_sentences(text: str) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+def _batches_by_length(lengths: list[int], batch_size: int, max_chars: int = 16_384) -> list[list[int]]:
+    """Indices in order of length, cut into batches of at most `batch_size` sentences and about `max_chars`
+    padded characters, so one very long input does not make a whole batch of short ones slow."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[i] <= max_chars:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 class Translator:
     """A loaded model ready to translate: `Translator.load("model_dir").translate(["Hello."])`."""
 
@@ -274,9 +286,7 @@ class Translator:
     def _translate_sentences(self, sentences: list[str], beam: int, n_best: int,
                              batch_size: int) -> list[list[Hypothesis]]:
         results: list[list[Hypothesis]] = [[] for _ in sentences]
-        order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))  # little padding per batch
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in _batches_by_length([len(s) for s in sentences], batch_size):
             src, lengths = self._encode_sources([sentences[i] for i in batch])
             if self.keras_compat:  # the example stops only at "\n" or after max_decode_length + 1 characters
                 limits = torch.full_like(lengths, self.keras_compat["max_decode_length"] + 1)
