@@ -29,6 +29,9 @@ lint: setup
 browser-deps:
 	apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 
-bench: setup
-	$(BIN)/python -m pip install -q -e '.[bench]'
+# The Keras reference (TensorFlow) lives in its own environment, never in .venv.
+bench:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q torch==2.13.0
+	.venv-bench/bin/python -m pip install -q -e '.[bench]'
 	bash benchmarks/run_all.sh

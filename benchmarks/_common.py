@@ -15,6 +15,7 @@ import torch
 
 DEFAULT_DATA = os.environ.get("CHARMT_BENCH_DATA", "/work/shared/data/fra-eng/fra.txt")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -42,6 +43,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "processor": _cpu_model(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
     }
 
 
@@ -58,7 +60,7 @@ def _cpu_model() -> str:
 def print_environment(env: dict) -> None:
     print(f"cpu_count={env['cpu_count']} torch_threads={env['torch_threads']} "
           f"interop={env['torch_interop_threads']} load_average={env['load_average']} "
-          f"torch={env['torch']} cpu={env['processor']!r}", flush=True)
+          f"torch={env['torch']} cpu={env['processor']!r} {env['env'] or ''}", flush=True)
 
 
 def load_now() -> str:
