@@ -6,6 +6,7 @@ re-run the prefix), cap the output length relative to the input and stop runaway
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -48,7 +49,24 @@ def _repeats(history: torch.Tensor) -> torch.Tensor:
     return found
 
 
-@torch.inference_mode()
+def _decoding(function):
+    """inference_mode, with PyTorch's own LSTM kernel: oneDNN's re-packs the weights at every one-step call, which
+    makes decoding ~1.5x slower at batch 1 (benchmarks/RESULTS.md)."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        previous = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            with torch.inference_mode():
+                return function(*args, **kwargs)
+        finally:
+            torch.backends.mkldnn.enabled = previous
+
+    return run
+
+
+@_decoding
 def greedy_decode(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, max_lengths: torch.Tensor,
                   *, stop_repeats: bool = True) -> list[list[int]]:
     """Argmax decoding of a batch; each sentence stops at END, at its max length, or when it starts looping.
@@ -95,7 +113,7 @@ def _trim(tokens: list[int], stop_repeats: bool) -> list[int]:
     return tokens
 
 
-@torch.inference_mode()
+@_decoding
 def beam_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, max_lengths: torch.Tensor, *,
                 beam: int = 5, n_best: int = 1, length_penalty: float = 1.0,
                 stop_repeats: bool = True) -> list[list[tuple[list[int], float]]]:
@@ -305,7 +323,7 @@ class Translator:
         return results
 
 
-@torch.inference_mode()
+@_decoding
 def attention_weights(translator: Translator, sentence: str) -> tuple[list[str], list[str], list[list[float]]]:
     """Greedy-decode one sentence (whitespace collapsed, not split) and return its source characters, its output
     characters and the attention weights: one row per output character, one column per source character.
