@@ -181,7 +181,6 @@ def cmd_translate(args) -> int:
     from .decode import Translator
 
     translator = Translator.load(args.model, device=args.device)
-    log.info("device: %s", translator.device)
     inputs = _read_inputs(args.text)
     if args.n_best > 1:
         results = translator.translate_n_best(inputs, beam=max(args.beam, args.n_best), n_best=args.n_best,

@@ -226,6 +226,7 @@ class Translator:
     def load(cls, directory: str | os.PathLike, device: str = "auto") -> Translator:
         device = resolve_device(device)
         model, info = load_model(directory, device)
+        log.info("model %s (%s preset) on device %s", directory, info.preset, device)
         return cls(model, info, device)
 
     @property
