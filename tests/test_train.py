@@ -109,3 +109,13 @@ def test_validation_uses_every_reference_of_a_source(tmp_path):
     sources, refs = references_by_source(pairs)
     assert [p.source for p in sources] == ["Hi.", "Run!"]
     assert refs == [["Salut.", "Bonjour."], ["Cours !", "Courez !"]]
+
+
+def test_demo_command_trains_on_the_built_in_corpus_and_shows_held_out_translations(tmp_path, capsys):
+    from charmt.cli import main
+
+    assert main(["-q", "demo", "--epochs", "2", "--show", "3", "--device", "cpu", "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Validation sentences (never trained on), best epoch")
+    assert len(out) == 4 and all(" -> " in line for line in out[1:])
+    assert (tmp_path / "m" / "model.safetensors").exists()

@@ -245,7 +245,9 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .data import read_corpus
     from .decode import Translator
+    from .evaluate import pick_pairs
     from .train import preset_configs, train, updated
 
     corpus = resources.files("charmt") / "demo" / DEMO_CORPUS
@@ -256,14 +258,9 @@ def cmd_demo(args) -> int:
         _say(f"Training the tiny preset on the built-in corpus ({path.name}, written for charmt)")
         result = train(path, out, model_config=model, train_config=training, selection=selection, preset="tiny",
                        overwrite=args.overwrite, callback=_Progress(args.quiet))
-        translator = Translator.load(out, device=args.device)
-        import json as _json
-
-        split = _json.loads((out / "split.json").read_text())
-        from .data import pairs_at_lines, read_corpus
-
-        held_out = pairs_at_lines(read_corpus(path), split["validation"])[: args.show]
-        outputs = translator.translate([p.source for p in held_out])
+        _, held_out = pick_pairs(read_corpus(path), out, "validation")
+        held_out = held_out[: args.show]
+        outputs = Translator.load(out, device=args.device).translate([p.source for p in held_out])
         print(f"Validation sentences (never trained on), best epoch {result.best_epoch}, "
               f"chrF {result.best_chrf:.1f}:")
         for pair, output in zip(held_out, outputs):
