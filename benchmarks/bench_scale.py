@@ -12,6 +12,7 @@ x 4 bytes each).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -167,11 +168,11 @@ def main():
     p.add_argument("--models", default="seed,base", help="comma-separated: seed (the example's network), base")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="steps per block")
-    p.add_argument("--child", action="store_true", help=argparse_hidden())
-    p.add_argument("--sample", type=int, default=18, help=argparse_hidden())
-    p.add_argument("--block", type=int, default=6, help=argparse_hidden())
-    p.add_argument("--pool", type=int, default=0, help=argparse_hidden())
-    p.add_argument("--model", default="seed", help=argparse_hidden())
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sample", type=int, default=18, help=argparse.SUPPRESS)
+    p.add_argument("--block", type=int, default=6, help=argparse.SUPPRESS)
+    p.add_argument("--pool", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--model", default="seed", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -188,12 +189,6 @@ def main():
         results[model] = run_model(args, model)
     results["environment_end"] = environment()
     save_results(args.out, "scale", results)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

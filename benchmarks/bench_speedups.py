@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -363,7 +364,7 @@ def main():
     p.add_argument("--quality-epochs", type=int, default=2, help="epochs per model for the precision comparison")
     p.add_argument("--agree-epochs", type=int, default=2, help="epochs of training before the decoding check")
     p.add_argument("--skip", default="", help="comma-separated: threads,decode,precision,optimizer,padding,compile")
-    p.add_argument("--worker", action="store_true", help=argparse_hidden())
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
@@ -394,12 +395,6 @@ def main():
         results["threads"] = threads_experiment(args)
     results["environment_end"] = environment()
     save_results(args.out, "speedups", results)
-
-
-def argparse_hidden() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
