@@ -38,7 +38,7 @@ def pair_file(tmp_path, demo_lines) -> Path:
 
 TINY_MODEL = ModelConfig(hidden_size=32, embedding_size=16, bidirectional=True, attention="luong")
 TINY_TRAIN = TrainConfig(epochs=3, batch_size=16, optimizer="adam", learning_rate=3e-3, seed=1, device="cpu",
-                         eval_sentences=20, show_samples=1)
+                         eval_sentences=20, show_samples=1, precision="fp32")
 TINY_SELECTION = SelectionConfig(max_input_length=None, dedupe=False, num_samples=None, validation_fraction=0.15,
                                  test_fraction=0.1)
 

@@ -58,6 +58,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"also save a resumable checkpoint this often within an epoch (seed: {t.checkpoint_minutes})")
     g.add_argument("--seed", type=int, help=f"random seed of initialisation and batch order (seed: {t.seed})")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16 autocast or float32; auto: bf16 where the CPU/GPU computes it natively (default: auto)")
+    g.add_argument("--short-repeats", type=int,
+                   help=f"show pairs with sources of at most --short-source-length characters this many times per "
+                        f"epoch (seed: {t.short_repeats}; base: 2)")
+    g.add_argument("--short-source-length", type=int, help=f"(default: {t.short_source_length})")
     g.add_argument("--eval-sentences", type=int, help=f"validation sentences decoded per epoch ({t.eval_sentences})")
     g = p.add_argument_group("data selection (default: the preset's; seed = the example's)")
     g.add_argument("--shuffle-seed", type=int, help=f"seed of the line shuffle (seed: {s.seed})")
@@ -115,6 +121,7 @@ class _Progress:
             _say(f"Skipped: {skipped}")
         elif event == "start":
             _say(f"Device: {info['device']}" + (f" x {info['world_size']} processes" if info["world_size"] > 1 else "")
+                 + f" ({info['precision']})"
                  + f"; {info['parameters']:,} parameters; {info['steps_per_epoch']} steps per epoch")
         elif event == "step":
             if self.bar is None:

@@ -32,6 +32,7 @@ from .vocab import PAD_ID, Vocab, normalize
 log = logging.getLogger("charmt")
 
 OPTIMIZERS = ("rmsprop", "adam", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 
 
@@ -48,6 +49,13 @@ class TrainConfig:
     patience: int = 0  # stop after this many epochs without a better validation chrF (0: never)
     time_budget_minutes: float = 0.0  # stop cleanly once training has run this long (0: no budget)
     bucket: bool = True  # batch sentences of similar length together, so little of each batch is padding
+    # Show pairs whose source has at most `short_source_length` characters this many times per epoch: short
+    # sentences are cheap to train on and idiomatic, and upweighting them costs the long ones little.
+    short_repeats: int = 1
+    short_source_length: int = 20
+    # "auto": bfloat16 autocast where the hardware computes bf16 natively (CUDA; CPUs with AVX512_BF16 or AMX),
+    # float32 elsewhere. Weights, optimizer state and decoding stay float32 either way.
+    precision: str = "auto"
     seed: int = 0
     eval_sentences: int = 500  # validation sentences decoded each epoch to compute chrF
     show_samples: int = 3  # decoded validation sentences printed each epoch
@@ -58,6 +66,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.short_repeats < 1:
+            raise ConfigError("short_repeats must be at least 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -75,7 +87,8 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
     # Small and quick: for tests and `charmt demo`.
     "tiny": (
         dict(hidden_size=96, embedding_size=32, bidirectional=True, attention="luong"),
-        dict(epochs=40, batch_size=16, optimizer="adam", learning_rate=3e-3, clip_grad_norm=1.0),
+        dict(epochs=40, batch_size=16, optimizer="adam", learning_rate=3e-3, clip_grad_norm=1.0,
+             precision="fp32"),  # bf16 is slower for matrices this small
         dict(max_input_length=None, dedupe=False, num_samples=None, validation_fraction=0.1),
     ),
     # The quality preset: trains in at most an hour on 2 CPU cores on the whole pool, all sentence lengths.
@@ -83,7 +96,7 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
         dict(hidden_size=256, embedding_size=64, bidirectional=True, attention="luong", dropout=0.1),
         dict(epochs=12, batch_size=64, optimizer="adamw", learning_rate=2e-3, weight_decay=0.01,
              lr_schedule="cosine", warmup_steps=300, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
-             eval_sentences=1000, checkpoint_minutes=5.0),
+             eval_sentences=1000, checkpoint_minutes=5.0, short_repeats=2),
         dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
              validation_fraction=0.01),
     ),
@@ -125,9 +138,19 @@ def encode_pairs(pairs: list[Pair], source_vocab: Vocab, target_vocab: Vocab) ->
     )
 
 
-def make_batches(data: EncodedPairs, batch_size: int, generator: torch.Generator, bucket: bool) -> list[list[int]]:
-    """Shuffled batches of indices; with `bucket`, each batch holds sentences of similar length."""
-    order = torch.randperm(len(data), generator=generator).tolist()
+def epoch_items(data: EncodedPairs, short_repeats: int = 1, short_source_length: int = 20) -> list[int]:
+    """The pair indices one epoch trains on: every pair once, short-source pairs `short_repeats` times."""
+    items = list(range(len(data)))
+    short = [i for i in items if len(data.sources[i]) <= short_source_length]
+    return items + short * (short_repeats - 1)
+
+
+def make_batches(data: EncodedPairs, batch_size: int, generator: torch.Generator, bucket: bool,
+                 items: list[int] | None = None) -> list[list[int]]:
+    """Shuffled batches of `items` (default: every pair once); with `bucket`, each batch holds sentences of
+    similar length."""
+    items = list(range(len(data))) if items is None else items
+    order = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
     if bucket:  # sort within windows of 100 batches: batches stay random, padding stays small
         window = batch_size * 100
         order = [i for s in range(0, len(order), window)
@@ -165,6 +188,19 @@ class TrainResult:
 
 
 Callback = Callable[[str, dict], None]
+
+
+def training_precision(precision: str, device: torch.device) -> str:
+    """The precision `precision` means on `device`: "auto" is bf16 where the hardware computes it natively."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":  # emulated bf16 (plain AVX-512/AVX2) is slower than fp32
+        native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported")]
+        return "bf16" if any(check() for check in native) else "fp32"
+    return "fp32"
 
 
 def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -295,7 +331,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_chrf": -1.0, "best_epoch": 0,
              "stale_epochs": 0, "plateau_factor": 1.0, "elapsed": 0.0, "history": [],
              "epoch_loss_sum": 0.0, "epoch_correct": 0.0, "epoch_tokens": 0}
-    steps_per_epoch = math.ceil(len(train_data) / train_config.batch_size) // world
+    items = epoch_items(train_data, train_config.short_repeats, train_config.short_source_length)
+    steps_per_epoch = math.ceil(len(items) / train_config.batch_size) // world
     if steps_per_epoch == 0:  # a process without a batch would leave the others waiting in DDP's all-reduce
         raise ConfigError(f"{len(train_data)} training pairs make fewer batches of {train_config.batch_size} than "
                           f"the {world} processes; lower --batch-size or start fewer processes")
@@ -322,12 +359,13 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         _write_log(out_dir, [])
 
     trained_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    precision = training_precision(train_config.precision, device)
     total_steps = steps_per_epoch * train_config.epochs
     if rank == 0:
-        notify("start", {"device": str(device), "parameters": model.num_parameters(), "world_size": world,
-                         "steps_per_epoch": steps_per_epoch, "epochs": train_config.epochs,
+        notify("start", {"device": str(device), "precision": precision, "parameters": model.num_parameters(),
+                         "world_size": world, "steps_per_epoch": steps_per_epoch, "epochs": train_config.epochs,
                          "start_epoch": state["epoch"] + 1})
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _nullcontext()
     budget = train_config.time_budget_minutes * 60
     stopped = "epochs"
     clock = time.monotonic() - state["elapsed"]
@@ -337,7 +375,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
     while state["epoch"] < train_config.epochs:
         epoch = state["epoch"]
         generator = torch.Generator().manual_seed(train_config.seed * 100_003 + epoch)
-        batches = make_batches(train_data, train_config.batch_size, generator, train_config.bucket)
+        batches = make_batches(train_data, train_config.batch_size, generator, train_config.bucket, items)
         batches = batches[: steps_per_epoch * world][rank::world]
         epoch_start, pairs_done = time.monotonic(), 0
         model.train()
