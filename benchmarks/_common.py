@@ -84,9 +84,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> list[float]:
-    """fp32 GFLOP/s of an n x n x n matmul with the current torch threads, one value per repeat."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> list[float]:
+    """GFLOP/s of an n x n x n matmul in `dtype` with the current torch threads, one value per repeat."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     rates = []
     for _ in range(repeats):

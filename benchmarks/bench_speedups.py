@@ -106,7 +106,7 @@ def worker(args) -> None:
     selection, source_vocab, target_vocab = load_seed_selection(args.data)
     config = ModelConfig(src_vocab_size=len(source_vocab), tgt_vocab_size=len(target_vocab))
     data = encode_pairs(selection.train, source_vocab, target_vocab)
-    trainer = CharmtTrainer(config, TrainConfig(), data)
+    trainer = CharmtTrainer(config, TrainConfig(), data, precision="fp32")
     epoch = make_batches(data, 64, torch.Generator().manual_seed(0), True)
     model = Seq2Seq(config).eval()
     with torch.no_grad():
@@ -232,36 +232,40 @@ def decode_experiment(args, model, source_vocab, selection) -> dict:
 
 
 def precision_experiment(args, config, data, valid_data) -> dict:
+    """float32 vs bf16 autocast (around the forward pass only, as train() does) vs float32 without oneDNN."""
     from charmt.train import teacher_forced_metrics
 
-    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    contexts = {"float32": nullcontext, "bfloat16 autocast": bf16,
-                "float32, oneDNN off": lambda: torch.backends.mkldnn.flags(enabled=False)}
+    variants = {"float32": ("fp32", nullcontext), "bfloat16 autocast": ("bf16", nullcontext),
+                "float32, oneDNN off": ("fp32", lambda: torch.backends.mkldnn.flags(enabled=False))}
+
+    def trainer(name):  # same seed, same initial weights for every variant
+        return CharmtTrainer(config, TrainConfig(), data, precision=variants[name][0])
+
     epoch = make_batches(data, 64, torch.Generator().manual_seed(0), True)
-    trainer = CharmtTrainer(config, TrainConfig(), data)
-    for context in contexts.values():
-        with context():
-            trainer.run(epoch[:2])
-    rates = {name: [] for name in contexts}
+    trainers = {name: trainer(name) for name in variants}
+    for name, t in trainers.items():
+        with variants[name][1]():
+            t.run(epoch[:2])
+    rates = {name: [] for name in variants}
     for r in range(args.rounds):
         batches = epoch[2 + r * args.train_steps : 2 + (r + 1) * args.train_steps]
-        for name, context in contexts.items():
-            with context():
-                block = trainer.run(batches)
+        for name, t in trainers.items():
+            with variants[name][1]():
+                block = t.run(batches)
             rates[name].append(block["pairs"] / block["seconds"])
         print(f"precision round {r + 1}/{args.rounds}: " + " | ".join(
             f"{name} {x[-1]:.0f} pairs/s" for name, x in rates.items()) + f" | load {load_now()}", flush=True)
     quality = {}
-    for name, context in contexts.items():
-        trainer = CharmtTrainer(config, TrainConfig(), data)  # same seed, same batches
+    for name in variants:
+        t = trainer(name)
         for e in range(args.quality_epochs):
-            with context():
-                trainer.run(make_batches(data, 64, torch.Generator().manual_seed(e), True))
-        quality[name] = teacher_forced_metrics(trainer.model, valid_data, torch.device("cpu"))[0]
+            with variants[name][1]():
+                t.run(make_batches(data, 64, torch.Generator().manual_seed(e), True))
+        quality[name] = teacher_forced_metrics(t.model, valid_data, torch.device("cpu"))[0]
     print(f"validation loss after {args.quality_epochs} epochs (evaluated in float32): " + ", ".join(
         f"{name} {loss:.4f}" for name, loss in quality.items()), flush=True)
     return {name: {"pairs_per_s_median": median(rates[name]), "pairs_per_s": rates[name],
-                   "validation_loss": quality[name]} for name in contexts} | {"epochs": args.quality_epochs}
+                   "validation_loss": quality[name]} for name in variants} | {"epochs": args.quality_epochs}
 
 
 # --- 6. torch.compile ---------------------------------------------------------------------------------------
@@ -384,7 +388,7 @@ def main():
         valid_data = encode_pairs(selection.validation, source_vocab, target_vocab)
         results["precision"] = precision_experiment(args, config, data, valid_data)
     if "decode" not in skip:
-        trainer = CharmtTrainer(config, TrainConfig(), data)
+        trainer = CharmtTrainer(config, TrainConfig(), data, precision="fp32")
         for e in range(args.agree_epochs):
             trainer.run(make_batches(data, 64, torch.Generator().manual_seed(e), True))
         results["decode"] = decode_experiment(args, trainer.model.eval(), source_vocab, selection)

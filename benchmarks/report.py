@@ -44,8 +44,11 @@ def summary(out: Path) -> str:
                      f"{'n/a' if value is None else ('yes' if ok(value) else 'NO')} |")
 
     seed = train["seed"] if train else {}
-    target("training, seed config: charmt pairs/s >= 4x the reference's", seed.get("speedup_pairs_per_s"),
+    target("training, seed config, float32: charmt pairs/s >= 4x the reference's", seed.get("speedup_pairs_per_s"),
            "{:.2f}x", lambda v: v >= 4)
+    if "speedup_pairs_per_s_bf16" in seed:
+        target("training, seed config, bf16 autocast (train()'s default on this CPU): >= 4x the reference's",
+               seed["speedup_pairs_per_s_bf16"], "{:.2f}x", lambda v: v >= 4)
     target("useful FLOP/s > 50% of the fp32 matmul peak", seed.get("charmt", {}).get("fraction_of_peak"),
            "{:.0%}", lambda v: v > 0.5)
     greedy_batched = _mode(translate, "charmt greedy batch 2") if translate else None
@@ -65,13 +68,15 @@ def summary(out: Path) -> str:
         lines += ["", "## Training (seed configuration: 64 pairs per batch, latent 512)", "",
                   "| | pairs/s | characters/s | useful GFLOP/s | share of matmul peak | median step |",
                   "|---|---|---|---|---|---|"]
-        for name in ("charmt", "reference"):
+        for name in ("charmt", "charmt_bf16", "reference"):
             if name in seed:
                 r = seed[name]
                 executed = f" ({r['executed_gflops']:.1f} executed)" if "executed_gflops" in r else ""
                 lines.append(f"| {name} | {r['pairs_per_s']:.0f} | {r['chars_per_s']:.0f} | {r['useful_gflops']:.1f}"
                              f"{executed} | {r['fraction_of_peak']:.0%} | {r['median_step_s']:.3f} s |")
-        lines.append(f"\nfp32 matmul peak measured in the same run: {seed['matmul_peak_gflops']:.1f} GFLOP/s.")
+        lines.append(f"\nfp32 matmul peak measured in the same run: {seed['matmul_peak_gflops']:.1f} GFLOP/s"
+                     + (f"; bf16: {seed['charmt_bf16']['matmul_peak_gflops']:.1f} GFLOP/s (charmt_bf16's share is "
+                        "of this one)." if "charmt_bf16" in seed else "."))
         if "train_end_to_end" in train:
             lines.append(f"charmt.train() itself, one seed epoch: {train['train_end_to_end']['pairs_per_s']:.0f} "
                          "pairs/s in its steps.")

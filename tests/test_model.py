@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import charmt.model
 from charmt.errors import ConfigError
 from charmt.model import ModelConfig, OneHot, Seq2Seq, resolve_device
 from charmt.train import preset_configs
@@ -125,8 +126,11 @@ def test_seed_network_computes_what_the_keras_graph_computes():
     assert torch.allclose(logits, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("groups", [0, 4], ids=["packed", "by-length"])
 @pytest.mark.parametrize("embedding_size, bidirectional, attention, num_layers", OPTIONS, ids=OPTION_IDS)
-def test_padding_does_not_change_a_sentence(embedding_size, bidirectional, attention, num_layers):
+def test_padding_does_not_change_a_sentence(embedding_size, bidirectional, attention, num_layers, groups,
+                                            monkeypatch):
+    monkeypatch.setattr(charmt.model, "_MAX_LENGTH_GROUPS", groups)  # both ways the encoder can run
     model = make_model(embedding_size, bidirectional, attention, num_layers)
     src, lengths, tgt_in, tgt_out = batch([3, 9, 5], [2, 7, 4])
     with torch.no_grad():
@@ -140,6 +144,23 @@ def test_padding_does_not_change_a_sentence(embedding_size, bidirectional, atten
             assert float(together.memory[row, n:].abs().sum()) == 0.0
             alone_logits, _ = model(src[row : row + 1, :n], lengths[row : row + 1], tgt_in[row : row + 1, : m + 1])
             assert torch.allclose(logits[row, : m + 1], alone_logits[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [3, 9, 5, 9], [1, 2, 3, 4]])
+def test_encoder_by_length_and_packed_give_the_same_outputs_and_gradients(lengths, monkeypatch):
+    model = make_model(6, True, "luong", 2)
+    src, src_lengths, tgt_in, tgt_out = batch(lengths, [4] * len(lengths))
+    results = []
+    for groups in (0, 4):  # packed always; by length when there are at most 4 lengths
+        monkeypatch.setattr(charmt.model, "_MAX_LENGTH_GROUPS", groups)
+        model.zero_grad()
+        _, loss = model(src, src_lengths, tgt_in, tgt_out)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (loss_packed, grads_packed), (loss_grouped, grads_grouped) = results
+    assert torch.allclose(loss_packed, loss_grouped, atol=1e-6)
+    for a, b in zip(grads_packed, grads_grouped, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 @pytest.mark.parametrize("embedding_size, bidirectional, attention, num_layers", OPTIONS, ids=OPTION_IDS)

@@ -224,6 +224,19 @@ def test_resume_accepts_the_same_data_at_another_path(tmp_path, tiny_model_dir, 
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
 
 
+def test_resume_refuses_options_that_would_change_the_stored_configuration(tmp_path, tiny_model_dir, capsys):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    data = _training_data(tiny_model_dir)
+    args = ["train", str(data), "--out", str(model_dir), "--resume", "--device", "cpu", "--threads", "1"]
+    assert main([*args, "--epochs", "9", "--layers", "2", "--shuffle-seed", "7"]) == 1
+    assert capsys.readouterr().err == (
+        "charmt: error: --resume continues with the configuration stored in the model directory; drop --layers, "
+        "--epochs, --shuffle-seed (or start anew with --overwrite)\n")
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
 @pytest.mark.parametrize("setup", ["no directory", "empty directory", "model without checkpoint"])
 def test_resume_refuses_without_checkpoint(tmp_path, tiny_model_dir, capsys, setup):
     model_dir = tmp_path / "model"

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
 
 from charmt.data import Pair
 from charmt.decode import Translator, _repeats, _trim
-from charmt.train import EncodedPairs, TrainConfig, _learning_rate, make_batches, train, updated
+from charmt.errors import ConfigError
+from charmt.train import (
+    EncodedPairs,
+    TrainConfig,
+    _learning_rate,
+    epoch_items,
+    make_batches,
+    train,
+    training_precision,
+    updated,
+)
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN
 
@@ -49,6 +60,58 @@ def test_bucketed_batches_cover_every_pair_once_with_less_padding():
     for batches in (bucketed, plain):
         assert sorted(i for b in batches for i in b) == list(range(1000))
     assert _padding_share(data, bucketed) < 0.1 < 0.3 < _padding_share(data, plain)
+
+
+def test_short_repeats_show_short_sources_that_many_times_per_epoch():
+    data = EncodedPairs([[5] * n for n in (3, 20, 21, 40)], [[2, 5, 3]] * 4)
+    assert epoch_items(data) == [0, 1, 2, 3]
+    items = epoch_items(data, short_repeats=3, short_source_length=20)
+    assert sorted(items) == [0, 0, 0, 1, 1, 1, 2, 3]
+    batches = make_batches(data, 3, torch.Generator().manual_seed(0), bucket=True, items=items)
+    assert sorted(i for b in batches for i in b) == sorted(items)
+    with pytest.raises(ConfigError, match="short_repeats"):
+        TrainConfig(short_repeats=0)
+
+
+def test_short_repeats_lengthen_the_epoch_in_train(pair_file, tmp_path):
+    config = updated(TINY_TRAIN, epochs=1, short_repeats=2, short_source_length=12)
+    steps = {}
+    train(pair_file, tmp_path / "m", model_config=TINY_MODEL, train_config=config, selection=TINY_SELECTION,
+          callback=lambda event, info: steps.update(n=info["steps_per_epoch"]) if event == "start" else None)
+    split = json.loads((tmp_path / "m" / "split.json").read_text())
+    held_out = set(split["validation"]) | set(split["test"])
+    lines = pair_file.read_text(encoding="utf-8").splitlines()
+    short = sum(len(line.split("\t")[0]) <= 12 for n, line in enumerate(lines, 1) if n not in held_out)
+    assert 0 < short < split["train"]
+    assert steps["n"] == math.ceil((split["train"] + short) / 16)  # every short training pair counts twice
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, native, expected):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: native, raising=False)
+    assert training_precision("auto", torch.device("cpu")) == expected
+    assert training_precision("fp32", torch.device("cpu")) == "fp32"
+    assert training_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp16")
+
+
+def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(pair_file, tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = updated(TINY_TRAIN, epochs=2, precision=precision)
+        events = []
+        train(pair_file, tmp_path / precision, model_config=TINY_MODEL, train_config=config,
+              selection=TINY_SELECTION, callback=lambda event, info, events=events: events.append((event, info)))
+        assert next(info for event, info in events if event == "start")["precision"] == precision
+        log = [json.loads(line) for line in (tmp_path / precision / "log.jsonl").read_text().splitlines()]
+        losses[precision] = [r["train_loss"] for r in log]
+        translator = Translator.load(tmp_path / precision, device="cpu")
+        assert all(p.dtype == torch.float32 for p in translator.model.parameters())
+    assert losses["bf16"][1] < losses["bf16"][0]  # it learns ...
+    assert losses["bf16"] != losses["fp32"]  # ... in another precision ...
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)  # ... as well as float32
 
 
 @pytest.mark.parametrize(

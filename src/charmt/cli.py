@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from .data import SelectionConfig
-from .errors import CharmtError
+from .errors import CharmtError, ConfigError
 from .model import ModelConfig
 from .train import PRESETS, TrainConfig
 
@@ -162,9 +162,31 @@ def _say(text: str) -> None:
 # --- commands ---------------------------------------------------------------------------------------------
 
 
+# Options whose name is not the config field's.
+_OPTION_NAMES = {"num_layers": "--layers", "time_budget_minutes": "--time-budget"}
+
+
+def _options_changed(args) -> list[str]:
+    """The command-line options that change the preset's configuration (device and threads do not)."""
+    from .train import preset_configs
+
+    changed = []
+    for given, preset in zip(_configs_from_args(args), preset_configs(args.preset)):
+        for f in fields(preset):
+            if f.name not in ("device", "threads") and getattr(given, f.name) != getattr(preset, f.name):
+                if isinstance(preset, SelectionConfig) and f.name == "seed":
+                    changed.append("--shuffle-seed")
+                else:
+                    changed.append(_OPTION_NAMES.get(f.name, "--" + f.name.replace("_", "-")))
+    return changed
+
+
 def cmd_train(args) -> int:
     from .train import train
 
+    if args.resume and _options_changed(args):
+        raise ConfigError(f"--resume continues with the configuration stored in the model directory; drop "
+                          f"{', '.join(_options_changed(args))} (or start anew with --overwrite)")
     model, training, selection = _configs_from_args(args)
     out = args.out or f"models/{Path(args.data).stem}-{args.preset}"
     train(args.data, out, model_config=model, train_config=training, selection=selection, preset=args.preset,

@@ -74,6 +74,11 @@ def _init_lstm_like_keras(lstm: nn.LSTM) -> None:
             nn.init.zeros_(param)
 
 
+# Batches whose sources have at most this many distinct lengths (the usual case with length-bucketed training
+# batches) run the encoder once per length instead of packing.
+_MAX_LENGTH_GROUPS = 4
+
+
 class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -95,15 +100,37 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, lengths: torch.Tensor):
         """src (B, S) token ids, lengths (B,) >= 1 -> outputs (B, S, H*dirs), (h, c) each (L, B, H)."""
         x = self.dropout(self.embedding(src))
-        # Packing makes the final states those of each sentence's last real character, not of the padding.
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        packed_out, (h, c) = self.lstm(packed)
-        outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])
+        # The final states must be those of each sentence's last real character, not of the padding.
+        distinct = lengths.unique().tolist()
+        if len(distinct) <= _MAX_LENGTH_GROUPS:
+            outputs, (h, c) = self._run_by_length(x, lengths, distinct)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            packed_out, (h, c) = self.lstm(packed)
+            outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])
         if self.config.bidirectional:
             L, B, H = self.config.num_layers, src.shape[0], self.config.hidden_size
             h = torch.tanh(self.bridge_h(h.view(L, 2, B, H).permute(0, 2, 1, 3).reshape(L, B, 2 * H)))
             c = self.bridge_c(c.view(L, 2, B, H).permute(0, 2, 1, 3).reshape(L, B, 2 * H))
         return outputs, (h.contiguous(), c.contiguous())
+
+    def _run_by_length(self, x: torch.Tensor, lengths: torch.Tensor, distinct: list[int]):
+        """One unpacked LSTM call per distinct length, each on its sentences without padding: the same result as
+        packing, but through the fused (oneDNN/cuDNN) kernel, which PyTorch does not use for packed input."""
+        if len(distinct) == 1:
+            outputs, (h, c) = self.lstm(x[:, : distinct[0]])
+            return F.pad(outputs, (0, 0, 0, x.shape[1] - distinct[0])), (h, c)
+        pieces, h_parts, c_parts, order = [], [], [], []
+        for n in distinct:
+            rows = (lengths.to(x.device) == n).nonzero().squeeze(1)
+            out_n, (h_n, c_n) = self.lstm(x[rows, :n])
+            pieces.append(F.pad(out_n, (0, 0, 0, x.shape[1] - n)))
+            h_parts.append(h_n)
+            c_parts.append(c_n)
+            order.append(rows)
+        back = torch.cat(order).argsort()  # row i of the batch is row back[i] of the concatenated groups
+        return torch.cat(pieces).index_select(0, back), (torch.cat(h_parts, 1).index_select(1, back),
+                                                         torch.cat(c_parts, 1).index_select(1, back))
 
 
 class Attention(nn.Module):
