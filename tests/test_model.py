@@ -191,6 +191,18 @@ def test_loss_ignores_pad():
     assert torch.allclose(model(src, lengths, longer_in, longer_out)[1], loss, atol=1e-6)
 
 
+def test_label_smoothing_mixes_in_the_mean_log_probability_over_real_targets():
+    model = make_model(6, True, "luong", 1)
+    src, lengths, tgt_in, tgt_out = batch([4, 8], [6, 1])
+    logits, plain = model(src, lengths, tgt_in, tgt_out)
+    _, smoothed = model(src, lengths, tgt_in, tgt_out, label_smoothing=0.2)
+    mask = tgt_out != PAD_ID
+    log_probs = torch.log_softmax(logits[mask], dim=-1)
+    expected = 0.8 * plain - 0.2 * log_probs.mean(dim=-1).mean()  # padded positions count in neither term
+    assert torch.allclose(smoothed, expected, atol=1e-6)
+    assert not torch.allclose(smoothed, plain)
+
+
 def test_dropout_is_off_in_eval_mode():
     torch.manual_seed(0)
     config = ModelConfig(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, hidden_size=H, embedding_size=6, num_layers=2,

@@ -73,6 +73,12 @@ def test_short_repeats_show_short_sources_that_many_times_per_epoch():
         TrainConfig(short_repeats=0)
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_label_smoothing_must_leave_some_probability_on_the_target(value):
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        TrainConfig(label_smoothing=value)
+
+
 def test_short_repeats_lengthen_the_epoch_in_train(pair_file, tmp_path):
     config = updated(TINY_TRAIN, epochs=1, short_repeats=2, short_source_length=12)
     steps = {}

@@ -64,6 +64,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"show pairs with sources of at most --short-source-length characters this many times per "
                         f"epoch (seed: {t.short_repeats}; base: 2)")
     g.add_argument("--short-source-length", type=int, help=f"(default: {t.short_source_length})")
+    g.add_argument("--label-smoothing", type=float,
+                   help=f"probability spread over the vocabulary in the training loss (seed: {t.label_smoothing})")
     g.add_argument("--eval-sentences", type=int, help=f"validation sentences decoded per epoch ({t.eval_sentences})")
     g = p.add_argument_group("data selection (default: the preset's; seed = the example's)")
     g.add_argument("--shuffle-seed", type=int, help=f"seed of the line shuffle (seed: {s.seed})")

@@ -214,15 +214,17 @@ class Seq2Seq(nn.Module):
         logits, state, weights = self.decoder(prev_tokens[:, None], state)
         return logits[:, 0], state, None if weights is None else weights[:, 0]
 
-    def forward(self, src, src_lengths, tgt_in, tgt_out=None):
+    def forward(self, src, src_lengths, tgt_in, tgt_out=None, label_smoothing: float = 0.0):
         """Teacher forcing: tgt_in starts with START, tgt_out is tgt_in shifted one step left (ends with END).
 
-        Returns (logits (B, T, V), loss); the loss is the cross-entropy over non-PAD targets, None without tgt_out.
+        Returns (logits (B, T, V), loss); the loss is the cross-entropy over non-PAD targets (label-smoothed when
+        asked), None without tgt_out.
         """
         logits, _, _ = self.decoder(tgt_in, self.encode(src, src_lengths))
         loss = None
         if tgt_out is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD_ID)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt_out.reshape(-1), ignore_index=PAD_ID,
+                                   label_smoothing=label_smoothing)
         return logits, loss
 
     def num_parameters(self) -> int:

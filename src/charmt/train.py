@@ -56,6 +56,9 @@ class TrainConfig:
     # "auto": bfloat16 autocast where the hardware computes bf16 natively (CUDA; CPUs with AVX512_BF16 or AMX),
     # float32 elsewhere. Weights, optimizer state and decoding stay float32 either way.
     precision: str = "auto"
+    # Share of each target's probability spread evenly over the vocabulary in the training loss (Szegedy et al.
+    # 2016); validation loss and accuracy are always computed without it.
+    label_smoothing: float = 0.0
     seed: int = 0
     eval_sentences: int = 500  # validation sentences decoded each epoch to compute chrF
     show_samples: int = 3  # decoded validation sentences printed each epoch
@@ -76,6 +79,8 @@ class TrainConfig:
             raise ConfigError("epochs and batch_size must be at least 1")
         if self.learning_rate <= 0:
             raise ConfigError("learning_rate must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.threads < 0 or self.checkpoint_minutes < 0 or self.time_budget_minutes < 0:
             raise ConfigError("threads, checkpoint_minutes and time_budget_minutes must not be negative")
 
@@ -96,7 +101,7 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
         dict(hidden_size=256, embedding_size=64, bidirectional=True, attention="luong", dropout=0.1),
         dict(epochs=12, batch_size=64, optimizer="adamw", learning_rate=2e-3, weight_decay=0.01,
              lr_schedule="cosine", warmup_steps=300, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
-             eval_sentences=1000, checkpoint_minutes=5.0, short_repeats=2),
+             eval_sentences=1000, checkpoint_minutes=5.0, short_repeats=2, label_smoothing=0.1),
         dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
              validation_fraction=0.01),
     ),
@@ -390,7 +395,8 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
                 group["lr"] = lr
             src, lengths, tgt_in, tgt_out = collate(train_data, batches[step], device)
             with autocast:
-                logits, loss = trained_model(src, lengths, tgt_in, tgt_out)
+                logits, loss = trained_model(src, lengths, tgt_in, tgt_out,
+                                             label_smoothing=train_config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if train_config.clip_grad_norm:
