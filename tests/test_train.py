@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -188,3 +191,15 @@ def test_demo_command_trains_on_the_built_in_corpus_and_shows_held_out_translati
     assert out[0].startswith("Validation sentences (never trained on), best epoch")
     assert len(out) == 4 and all(" -> " in line for line in out[1:])
     assert (tmp_path / "m" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "64"), ("7", "7")])
+def test_import_caps_onednn_kernel_cache_unless_the_user_chose_a_size(preset, expected):
+    # Bucketed batches give oneDNN a new shape nearly every step; its default cache of 1,024 kernels grew a `base`
+    # training process past 3 GB (benchmarks/RESULTS.md). A size the user set must win.
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if preset is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = preset
+    code = "import os, charmt; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == expected
