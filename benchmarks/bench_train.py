@@ -41,6 +41,7 @@ from charmt.train import (
     make_batches,
     preset_configs,
     train,
+    training_autocast,
     training_precision,
 )
 from charmt.vocab import PAD_ID, Vocab
@@ -63,7 +64,7 @@ class CharmtTrainer:
     def step(self, index: list[int]) -> tuple[int, int]:
         """One optimizer step; returns (source characters, target steps) of the batch."""
         src, lengths, tgt_in, tgt_out = collate(self.data, index, CPU)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with training_autocast(self.precision, CPU):
             logits, loss = self.model(src, lengths, tgt_in, tgt_out)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

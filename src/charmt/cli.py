@@ -15,7 +15,7 @@ from pathlib import Path
 from .data import SelectionConfig
 from .errors import CharmtError, ConfigError
 from .model import ModelConfig
-from .train import PRESETS, TrainConfig
+from .train import PRECISIONS, PRESETS, TrainConfig
 
 log = logging.getLogger("charmt")
 DEMO_CORPUS = "eng-fra.txt"
@@ -58,7 +58,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help=f"also save a resumable checkpoint this often within an epoch (seed: {t.checkpoint_minutes})")
     g.add_argument("--seed", type=int, help=f"random seed of initialisation and batch order (seed: {t.seed})")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: PyTorch's choice)")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    g.add_argument("--precision", choices=PRECISIONS,
                    help="bf16 autocast or float32; auto: bf16 where the CPU/GPU computes it natively (default: auto)")
     g.add_argument("--short-repeats", type=int,
                    help=f"show pairs with sources of at most --short-source-length characters this many times per "
@@ -186,9 +186,10 @@ def _options_changed(args) -> list[str]:
 def cmd_train(args) -> int:
     from .train import train
 
-    if args.resume and _options_changed(args):
+    changed = _options_changed(args) if args.resume else []
+    if changed:
         raise ConfigError(f"--resume continues with the configuration stored in the model directory; drop "
-                          f"{', '.join(_options_changed(args))} (or start anew with --overwrite)")
+                          f"{', '.join(changed)} (or start anew with --overwrite)")
     model, training, selection = _configs_from_args(args)
     out = args.out or f"models/{Path(args.data).stem}-{args.preset}"
     train(args.data, out, model_config=model, train_config=training, selection=selection, preset=args.preset,

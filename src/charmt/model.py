@@ -121,8 +121,9 @@ class Encoder(nn.Module):
             outputs, (h, c) = self.lstm(x[:, : distinct[0]])
             return F.pad(outputs, (0, 0, 0, x.shape[1] - distinct[0])), (h, c)
         pieces, h_parts, c_parts, order = [], [], [], []
+        lengths = lengths.to(x.device)
         for n in distinct:
-            rows = (lengths.to(x.device) == n).nonzero().squeeze(1)
+            rows = (lengths == n).nonzero().squeeze(1)
             out_n, (h_n, c_n) = self.lstm(x[rows, :n])
             pieces.append(F.pad(out_n, (0, 0, 0, x.shape[1] - n)))
             h_parts.append(h_n)

@@ -7,6 +7,7 @@ never interrupted. Under torchrun, each process trains on its own share of every
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -154,7 +155,7 @@ def make_batches(data: EncodedPairs, batch_size: int, generator: torch.Generator
                  items: list[int] | None = None) -> list[list[int]]:
     """Shuffled batches of `items` (default: every pair once); with `bucket`, each batch holds sentences of
     similar length."""
-    items = list(range(len(data))) if items is None else items
+    items = epoch_items(data) if items is None else items
     order = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
     if bucket:  # sort within windows of 100 batches: batches stay random, padding stays small
         window = batch_size * 100
@@ -206,6 +207,11 @@ def training_precision(precision: str, device: torch.device) -> str:
                                                                        "_is_amx_tile_supported")]
         return "bf16" if any(check() for check in native) else "fp32"
     return "fp32"
+
+
+def training_autocast(precision: str, device: torch.device):
+    """What train() runs the forward pass in: bfloat16 autocast for "bf16" (from training_precision), else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
 def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -370,7 +376,7 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         notify("start", {"device": str(device), "precision": precision, "parameters": model.num_parameters(),
                          "world_size": world, "steps_per_epoch": steps_per_epoch, "epochs": train_config.epochs,
                          "start_epoch": state["epoch"] + 1})
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _nullcontext()
+    autocast = training_autocast(precision, device)
     budget = train_config.time_budget_minutes * 60
     stopped = "epochs"
     clock = time.monotonic() - state["elapsed"]
@@ -494,14 +500,6 @@ def _dump_rank(directory: Path, rank: int, model: Seq2Seq, optimizer: torch.opti
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank{rank}.txt").write_text(f"{hashlib.sha256(weights).hexdigest()} "
                                                f"lr={optimizer.param_groups[0]['lr']!r} step={state['global_step']}\n")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _validate(translator: Translator, valid_data: EncodedPairs, eval_pairs: list[Pair], eval_refs: list[list[str]],
