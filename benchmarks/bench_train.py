@@ -38,6 +38,7 @@ from charmt.train import (
     _make_optimizer,
     collate,
     encode_pairs,
+    epoch_items,
     make_batches,
     preset_configs,
     train,
@@ -232,10 +233,11 @@ def base_benchmark(args) -> dict:
               f"{blocks[-1]['chars_per_s']:.0f} chars/s | load {load_now()}", flush=True)
     summary = summarize(blocks)
     del summary["useful_gflops"]
-    steps_per_epoch = math.ceil(len(data) / train_config.batch_size)
+    epoch_pairs = len(epoch_items(data, train_config.short_repeats, train_config.short_source_length))
+    steps_per_epoch = math.ceil(epoch_pairs / train_config.batch_size)
     summary.update(train_pairs=len(data), parameters=charmt.model.num_parameters(), steps_per_epoch=steps_per_epoch,
                    precision=charmt.precision,
-                   epoch_minutes_estimate=len(data) / summary["pairs_per_s"] / 60)
+                   epoch_minutes_estimate=epoch_pairs / summary["pairs_per_s"] / 60)
     print(f"base: {len(data)} training pairs, {charmt.model.num_parameters():,} parameters; one epoch ~ "
           f"{summary['epoch_minutes_estimate']:.1f} min at the median rate", flush=True)
     return summary
