@@ -55,7 +55,7 @@ def _outputs(model: Seq2Seq) -> torch.Tensor:
 
 def test_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(3)
-    info = _info(num_layers=2)
+    info = _info(num_layers=2, encoder_hidden_size=5)
     model = Seq2Seq(info.model).eval()
     save_model(tmp_path / "m", model, info)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]  # no temporary left

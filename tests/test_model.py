@@ -20,10 +20,12 @@ OPTIONS = list(itertools.product([0, 6], [False, True], ["none", "luong"], [1, 2
 OPTION_IDS = [f"emb{e}-{'bi' if b else 'uni'}-{a}-L{n}" for e, b, a, n in OPTIONS]
 
 
-def make_model(embedding_size=0, bidirectional=False, attention="none", num_layers=1, seed=0) -> Seq2Seq:
+def make_model(embedding_size=0, bidirectional=False, attention="none", num_layers=1, seed=0,
+               encoder_hidden_size=0) -> Seq2Seq:
     torch.manual_seed(seed)
     config = ModelConfig(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, hidden_size=H, embedding_size=embedding_size,
-                         num_layers=num_layers, bidirectional=bidirectional, attention=attention)
+                         num_layers=num_layers, bidirectional=bidirectional, attention=attention,
+                         encoder_hidden_size=encoder_hidden_size)
     return Seq2Seq(config).eval()
 
 
@@ -65,9 +67,10 @@ def test_shapes_for_every_option(embedding_size, bidirectional, attention, num_l
     "options, message",
     [
         ({"attention": "bahdanau"}, "attention must be one of ('none', 'luong'), got 'bahdanau'"),
-        ({"hidden_size": 0}, "hidden_size and num_layers must be >= 1 and embedding_size >= 0"),
-        ({"num_layers": 0}, "hidden_size and num_layers must be >= 1 and embedding_size >= 0"),
-        ({"embedding_size": -1}, "hidden_size and num_layers must be >= 1 and embedding_size >= 0"),
+        ({"hidden_size": 0}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
+        ({"num_layers": 0}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
+        ({"embedding_size": -1}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
+        ({"encoder_hidden_size": -1}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
         ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ],
 )
@@ -175,6 +178,32 @@ def test_stepwise_decoding_reproduces_teacher_forcing(embedding_size, bidirectio
             step_logits, state, _ = model.decode_step(tgt_in[:, t], state)
             steps.append(step_logits)
     assert torch.allclose(torch.stack(steps, dim=1), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional, num_layers", [(False, 1), (True, 1), (True, 2)])
+def test_an_encoder_of_another_size_is_bridged_to_the_decoder(bidirectional, num_layers):
+    model = make_model(6, bidirectional, "luong", num_layers, encoder_hidden_size=5)
+    src, lengths, tgt_in, tgt_out = batch([5, 3, 7], [4, 6, 2])
+    assert model.encoder.lstm.hidden_size == 5 and model.decoder.lstm.hidden_size == H
+    state = model.encode(src, lengths)
+    assert state.h.shape == state.c.shape == (num_layers, 3, H)
+    assert state.memory.shape == (3, src.shape[1], 5 * (2 if bidirectional else 1))
+    with torch.no_grad():
+        logits, loss = model(src, lengths, tgt_in, tgt_out)
+        steps = []
+        for t in range(tgt_in.shape[1]):
+            step_logits, state, _ = model.decode_step(tgt_in[:, t], state)
+            steps.append(step_logits)
+    assert torch.isfinite(loss)
+    assert torch.allclose(torch.stack(steps, dim=1), logits, atol=1e-5)
+
+
+def test_encoder_hidden_size_equal_to_hidden_size_is_the_default_network():
+    for bidirectional in (False, True):
+        default, explicit = make_model(0, bidirectional), make_model(0, bidirectional, encoder_hidden_size=H)
+        assert [(n, p.shape) for n, p in default.named_parameters()] == \
+               [(n, p.shape) for n, p in explicit.named_parameters()]
+        assert not hasattr(default.encoder, "bridge_h") or bidirectional  # the seed network has no bridge
 
 
 def test_loss_ignores_pad():

@@ -38,6 +38,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     m, t, s = ModelConfig(), TrainConfig(), SelectionConfig()
     g = p.add_argument_group("model (default: the preset's)")
     g.add_argument("--hidden-size", type=int, help=f"LSTM size (seed: {m.hidden_size})")
+    g.add_argument("--encoder-hidden-size", type=int,
+                   help="encoder LSTM size per direction, 0 for --hidden-size (seed: 0)")
     g.add_argument("--embedding-size", type=int, help="0 for one-hot inputs as in the example (seed: 0)")
     g.add_argument("--layers", type=int, dest="num_layers", help=f"LSTM layers (seed: {m.num_layers})")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,

@@ -23,18 +23,19 @@ ATTENTION_KINDS = ("none", "luong")
 class ModelConfig:
     src_vocab_size: int = 0  # set from the data's vocabulary
     tgt_vocab_size: int = 0
-    hidden_size: int = 512  # the example's latent_dim
+    hidden_size: int = 512  # the example's latent_dim; the decoder's size
+    encoder_hidden_size: int = 0  # per direction; 0: hidden_size. Bidirectional encoders often use half of it
     embedding_size: int = 0  # 0: one-hot inputs, as in the example; else a learned embedding of this size
     num_layers: int = 1
-    bidirectional: bool = False  # encoder only; its two final states are bridged to the decoder's size
+    bidirectional: bool = False  # encoder only; its final states are bridged to the decoder's size
     attention: str = "none"  # "none" (the example) or "luong" (global attention, "general" score)
     dropout: float = 0.0
 
     def __post_init__(self):
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0:
-            raise ConfigError("hidden_size and num_layers must be >= 1 and embedding_size >= 0")
+        if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0 or self.encoder_hidden_size < 0:
+            raise ConfigError("hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -83,19 +84,22 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.hidden_size = config.encoder_hidden_size or config.hidden_size
+        self.directions = 2 if config.bidirectional else 1
         self.embedding, input_size = _input_layer(config.src_vocab_size, config.embedding_size)
         self.dropout = nn.Dropout(config.dropout)
         self.lstm = nn.LSTM(
-            input_size, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+            input_size, self.hidden_size, num_layers=config.num_layers, batch_first=True,
             bidirectional=config.bidirectional, dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
-        if config.bidirectional:
-            self.bridge_h = nn.Linear(2 * config.hidden_size, config.hidden_size)
-            self.bridge_c = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.bridged = config.bidirectional or self.hidden_size != config.hidden_size
+        if self.bridged:
+            self.bridge_h = nn.Linear(self.output_size, config.hidden_size)
+            self.bridge_c = nn.Linear(self.output_size, config.hidden_size)
 
     @property
     def output_size(self) -> int:
-        return self.config.hidden_size * (2 if self.config.bidirectional else 1)
+        return self.hidden_size * self.directions
 
     def forward(self, src: torch.Tensor, lengths: torch.Tensor):
         """src (B, S) token ids, lengths (B,) >= 1 -> outputs (B, S, H*dirs), (h, c) each (L, B, H)."""
@@ -108,10 +112,10 @@ class Encoder(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             packed_out, (h, c) = self.lstm(packed)
             outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])
-        if self.config.bidirectional:
-            L, B, H = self.config.num_layers, src.shape[0], self.config.hidden_size
-            h = torch.tanh(self.bridge_h(h.view(L, 2, B, H).permute(0, 2, 1, 3).reshape(L, B, 2 * H)))
-            c = self.bridge_c(c.view(L, 2, B, H).permute(0, 2, 1, 3).reshape(L, B, 2 * H))
+        if self.bridged:  # each layer's final states, all directions side by side, mapped to the decoder's size
+            L, D, B, H = self.config.num_layers, self.directions, src.shape[0], self.hidden_size
+            h = torch.tanh(self.bridge_h(h.view(L, D, B, H).permute(0, 2, 1, 3).reshape(L, B, D * H)))
+            c = self.bridge_c(c.view(L, D, B, H).permute(0, 2, 1, 3).reshape(L, B, D * H))
         return outputs, (h.contiguous(), c.contiguous())
 
     def _run_by_length(self, x: torch.Tensor, lengths: torch.Tensor, distinct: list[int]):
