@@ -63,14 +63,17 @@ def test_shapes_for_every_option(embedding_size, bidirectional, attention, num_l
         assert float(weights.detach()[~state.mask].abs().sum()) == 0.0
 
 
+SIZES_MESSAGE = "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
         ({"attention": "bahdanau"}, "attention must be one of ('none', 'luong'), got 'bahdanau'"),
-        ({"hidden_size": 0}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
-        ({"num_layers": 0}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
-        ({"embedding_size": -1}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
-        ({"encoder_hidden_size": -1}, "hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0"),
+        ({"hidden_size": 0}, SIZES_MESSAGE),
+        ({"num_layers": 0}, SIZES_MESSAGE),
+        ({"embedding_size": -1}, SIZES_MESSAGE),
+        ({"encoder_hidden_size": -1}, SIZES_MESSAGE),
         ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ],
 )
