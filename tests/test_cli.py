@@ -253,3 +253,15 @@ def test_train_refuses_an_existing_model_without_overwrite(tiny_model_dir, tmp_p
     assert _digest(model) == before
     assert main(["-q", "train", str(data), "--out", str(model), "--overwrite", *tiny]) == 0
     assert Translator.load(model, "cpu").model.config.hidden_size == 8
+
+
+def test_train_options_reach_their_config_fields_including_renamed_ones():
+    from charmt.cli import _configs_from_args
+
+    args = build_parser().parse_args([
+        "train", "data.txt", "--preset", "base", "--layers", "2", "--time-budget", "5", "--shuffle-seed", "7",
+        "--seed", "3", "--encoder-hidden-size", "64", "--lr", "0.001", "--max-input-length", "0"])
+    model, training, selection = _configs_from_args(args)
+    assert (model.num_layers, model.encoder_hidden_size, model.hidden_size) == (2, 64, 256)  # 256: the preset's
+    assert (training.time_budget_minutes, training.seed, training.learning_rate) == (5, 3, 0.001)
+    assert (selection.seed, selection.max_input_length) == (7, None)

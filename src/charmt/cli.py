@@ -41,7 +41,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder-hidden-size", type=int,
                    help="encoder LSTM size per direction, 0 for --hidden-size (seed: 0)")
     g.add_argument("--embedding-size", type=int, help="0 for one-hot inputs as in the example (seed: 0)")
-    g.add_argument("--layers", type=int, dest="num_layers", help=f"LSTM layers (seed: {m.num_layers})")
+    g.add_argument("--layers", type=int, help=f"LSTM layers (seed: {m.num_layers})")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                    help="bidirectional encoder (seed: no)")
     g.add_argument("--attention", choices=["none", "luong"], help=f"decoder attention (seed: {m.attention})")
@@ -54,7 +54,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-schedule", choices=["constant", "plateau", "cosine"], help=f"(seed: {t.lr_schedule})")
     g.add_argument("--clip-grad-norm", type=float, help="gradient clipping, 0 for none (seed: 0)")
     g.add_argument("--patience", type=int, help="early stopping after N epochs without better chrF, 0: off")
-    g.add_argument("--time-budget", type=float, dest="time_budget_minutes", metavar="MINUTES",
+    g.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="stop cleanly after this many minutes, keeping the best checkpoint")
     g.add_argument("--checkpoint-minutes", type=float, metavar="MINUTES",
                    help=f"also save a resumable checkpoint this often within an epoch (seed: {t.checkpoint_minutes})")
@@ -83,20 +83,29 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="translate from the second column into the first (e.g. French to English)")
 
 
+# Config fields whose command-line option is not "--" + the field's name with dashes.
+_RENAMED_OPTIONS = {"ModelConfig.num_layers": "--layers", "TrainConfig.time_budget_minutes": "--time-budget",
+                    "SelectionConfig.seed": "--shuffle-seed"}
+
+
+def _option_name(config, field_name: str) -> str:
+    """The command-line option that sets `field_name` of `config` (argparse's dest is it without the dashes)."""
+    return _RENAMED_OPTIONS.get(f"{type(config).__name__}.{field_name}", "--" + field_name.replace("_", "-"))
+
+
 def _configs_from_args(args) -> tuple[ModelConfig, TrainConfig, SelectionConfig]:
     """The preset's configs with the options given on the command line applied."""
     from .train import preset_configs, updated
 
     given = vars(args)
 
-    def options(config, renames: dict[str, str] | None = None) -> dict:
-        renames = renames or {}
-        return {f.name: given.get(renames.get(f.name, f.name)) for f in fields(config)}
+    def options(config) -> dict:
+        return {f.name: given.get(_option_name(config, f.name)[2:].replace("-", "_")) for f in fields(config)}
 
     model, training, selection = preset_configs(args.preset)
     model = updated(model, **options(model))
     training = updated(training, **options(training))
-    chosen = options(selection, {"seed": "shuffle_seed"})
+    chosen = options(selection)
     no_limit = {name: None for name in ("max_input_length", "max_target_length", "num_samples") if chosen[name] == 0}
     selection = updated(selection, **{k: v for k, v in chosen.items() if k not in no_limit})
     return model, training, replace(selection, **no_limit)
@@ -166,10 +175,6 @@ def _say(text: str) -> None:
 # --- commands ---------------------------------------------------------------------------------------------
 
 
-# Options whose name is not the config field's.
-_OPTION_NAMES = {"num_layers": "--layers", "time_budget_minutes": "--time-budget"}
-
-
 def _options_changed(args) -> list[str]:
     """The command-line options that change the preset's configuration (device and threads do not)."""
     from .train import preset_configs
@@ -178,10 +183,7 @@ def _options_changed(args) -> list[str]:
     for given, preset in zip(_configs_from_args(args), preset_configs(args.preset)):
         for f in fields(preset):
             if f.name not in ("device", "threads") and getattr(given, f.name) != getattr(preset, f.name):
-                if isinstance(preset, SelectionConfig) and f.name == "seed":
-                    changed.append("--shuffle-seed")
-                else:
-                    changed.append(_OPTION_NAMES.get(f.name, "--" + f.name.replace("_", "-")))
+                changed.append(_option_name(preset, f.name))
     return changed
 
 
