@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from charmt.checkpoint import load_info
-from charmt.cli import build_parser, main
+from charmt.cli import _configs_from_args, build_parser, main
 from charmt.decode import Translator
 from charmt.evaluate import evaluate_file
 
@@ -256,8 +256,6 @@ def test_train_refuses_an_existing_model_without_overwrite(tiny_model_dir, tmp_p
 
 
 def test_train_options_reach_their_config_fields_including_renamed_ones():
-    from charmt.cli import _configs_from_args
-
     args = build_parser().parse_args([
         "train", "data.txt", "--preset", "base", "--layers", "2", "--time-budget", "5", "--shuffle-seed", "7",
         "--seed", "3", "--encoder-hidden-size", "64", "--lr", "0.001", "--max-input-length", "0"])

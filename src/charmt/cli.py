@@ -175,12 +175,13 @@ def _say(text: str) -> None:
 # --- commands ---------------------------------------------------------------------------------------------
 
 
-def _options_changed(args) -> list[str]:
-    """The command-line options that change the preset's configuration (device and threads do not)."""
+def _options_changed(preset_name: str, configs: tuple) -> list[str]:
+    """The command-line options behind `configs` (from _configs_from_args) that change the preset's
+    configuration (device and threads do not)."""
     from .train import preset_configs
 
     changed = []
-    for given, preset in zip(_configs_from_args(args), preset_configs(args.preset)):
+    for given, preset in zip(configs, preset_configs(preset_name)):
         for f in fields(preset):
             if f.name not in ("device", "threads") and getattr(given, f.name) != getattr(preset, f.name):
                 changed.append(_option_name(preset, f.name))
@@ -190,11 +191,11 @@ def _options_changed(args) -> list[str]:
 def cmd_train(args) -> int:
     from .train import train
 
-    changed = _options_changed(args) if args.resume else []
+    model, training, selection = _configs_from_args(args)
+    changed = _options_changed(args.preset, (model, training, selection)) if args.resume else []
     if changed:
         raise ConfigError(f"--resume continues with the configuration stored in the model directory; drop "
                           f"{', '.join(changed)} (or start anew with --overwrite)")
-    model, training, selection = _configs_from_args(args)
     out = args.out or f"models/{Path(args.data).stem}-{args.preset}"
     train(args.data, out, model_config=model, train_config=training, selection=selection, preset=args.preset,
           resume=args.resume, overwrite=args.overwrite, callback=_Progress(args.quiet))
