@@ -111,7 +111,8 @@ def seed_pair_flops(src_chars: int, tgt_steps: int, src_vocab: int, tgt_vocab: i
 
 def load_seed_selection(data: str):
     """The example's selection (charmt's SelectionConfig defaults) and its vocabularies."""
-    from charmt.data import SelectionConfig, read_corpus, select
+    from charmt.config import SelectionConfig
+    from charmt.data import read_corpus, select
     from charmt.vocab import Vocab
 
     selection = select(read_corpus(data), SelectionConfig())

@@ -35,9 +35,9 @@ def child(args) -> None:
     import torch
     from bench_train import CharmtTrainer
 
-    from charmt.data import SelectionConfig, read_corpus, select
-    from charmt.model import ModelConfig
-    from charmt.train import TrainConfig, encode_pairs, make_batches, preset_configs
+    from charmt.batching import encode_pairs, make_batches
+    from charmt.config import ModelConfig, SelectionConfig, TrainConfig, preset_configs
+    from charmt.data import read_corpus, select
     from charmt.vocab import Vocab
 
     setup_threads(args.threads)
@@ -112,7 +112,8 @@ def onehot_sizes(args) -> dict:
     """The example's arrays for each pool, by formula, with the example's own vocabularies and padded lengths."""
     from keras_reference import onehot_bytes
 
-    from charmt.data import SelectionConfig, read_corpus, select
+    from charmt.config import SelectionConfig
+    from charmt.data import read_corpus, select
 
     corpus = read_corpus(args.data)
     sizes = {}

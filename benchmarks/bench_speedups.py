@@ -43,9 +43,11 @@ from _common import (
 from bench_train import CharmtTrainer
 from bench_translate import guard_checked_but_never_stopping
 
+from charmt.batching import collate, encode_pairs, make_batches
+from charmt.config import ModelConfig, TrainConfig
 from charmt.decode import MAX_REPEAT_UNIT, _trim, greedy_decode
-from charmt.model import ModelConfig, Seq2Seq
-from charmt.train import TrainConfig, _make_optimizer, collate, encode_pairs, make_batches
+from charmt.model import Seq2Seq
+from charmt.train import _make_optimizer
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 # --- a prototype greedy decoder for the seed network ---------------------------------------------------------
@@ -233,7 +235,7 @@ def decode_experiment(args, model, source_vocab, selection) -> dict:
 
 def precision_experiment(args, config, data, valid_data) -> dict:
     """float32 vs bf16 autocast (around the forward pass only, as train() does) vs float32 without oneDNN."""
-    from charmt.train import teacher_forced_metrics
+    from charmt.evaluate import teacher_forced_metrics
 
     variants = {"float32": ("fp32", nullcontext), "bfloat16 autocast": ("bf16", nullcontext),
                 "float32, oneDNN off": ("fp32", lambda: torch.backends.mkldnn.flags(enabled=False))}

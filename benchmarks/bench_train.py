@@ -30,21 +30,12 @@ from _common import (
     setup_threads,
 )
 
+from charmt.batching import collate, encode_pairs, epoch_items, make_batches
+from charmt.config import ModelConfig, TrainConfig, preset_configs
 from charmt.data import read_corpus, select
 from charmt.metrics import masked_accuracy
-from charmt.model import ModelConfig, Seq2Seq
-from charmt.train import (
-    TrainConfig,
-    _make_optimizer,
-    collate,
-    encode_pairs,
-    epoch_items,
-    make_batches,
-    preset_configs,
-    train,
-    training_autocast,
-    training_precision,
-)
+from charmt.model import Seq2Seq
+from charmt.train import _make_optimizer, train, training_autocast, training_precision
 from charmt.vocab import PAD_ID, Vocab
 
 CPU = torch.device("cpu")

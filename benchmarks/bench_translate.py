@@ -27,8 +27,9 @@ from _common import (
 )
 
 import charmt.decode
+from charmt.config import ModelConfig
 from charmt.decode import beam_search, greedy_decode
-from charmt.model import ModelConfig, Seq2Seq
+from charmt.model import Seq2Seq
 from charmt.vocab import END_ID, PAD_ID
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from charmt.data import SelectionConfig
-from charmt.model import ModelConfig
-from charmt.train import TrainConfig, train
+from charmt.config import ModelConfig, SelectionConfig, TrainConfig
+from charmt.train import train
 
 DEMO = resources.files("charmt") / "demo" / "eng-fra.txt"
 

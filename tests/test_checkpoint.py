@@ -22,9 +22,10 @@ from charmt.checkpoint import (
     load_model,
     save_model,
 )
+from charmt.config import ModelConfig
 from charmt.decode import Translator
 from charmt.errors import ModelFormatError
-from charmt.model import ModelConfig, Seq2Seq
+from charmt.model import Seq2Seq
 from charmt.vocab import START_ID, Vocab
 
 SOURCE_VOCAB = Vocab.build(["Go.", "Hi there!"])

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from charmt.data import Pair, SelectionConfig, download, read_corpus, select, split_by_source
+from charmt.config import SelectionConfig
+from charmt.data import Pair, download, read_corpus, select, split_by_source
 from charmt.errors import DataError, DownloadError
 
 from conftest import write_pairs

@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 
 from charmt import checkpoint as ckpt
 from charmt.cli import main
-from charmt.data import SelectionConfig
+from charmt.config import ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
 from charmt.decode import Translator
-from charmt.model import ModelConfig
-from charmt.train import TrainConfig, preset_configs, train, updated
+from charmt.train import train
 
 from conftest import DEMO, write_pairs
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charmt.data import Corpus, Pair, SelectionConfig, read_corpus, select
+from charmt.config import SelectionConfig
+from charmt.data import Corpus, Pair, read_corpus, select
 from charmt.errors import DataError
 from charmt.vocab import UNK_ID, Vocab, normalize
 

@@ -19,7 +19,7 @@ import torch
 
 from charmt import checkpoint as ckpt
 from charmt.cli import main
-from charmt.data import SelectionConfig
+from charmt.config import SelectionConfig
 from charmt.decode import Translator
 from charmt.errors import ConfigError, ModelFormatError
 from charmt.keras_import import import_keras

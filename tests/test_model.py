@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import charmt.model
+from charmt.config import ModelConfig, preset_configs
 from charmt.errors import ConfigError
-from charmt.model import ModelConfig, OneHot, Seq2Seq, resolve_device
-from charmt.train import preset_configs
+from charmt.model import OneHot, Seq2Seq, resolve_device
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 SRC_V, TGT_V, H = 11, 13, 8

@@ -22,8 +22,9 @@ import torch
 
 from charmt import checkpoint as ckpt
 from charmt.cli import main
+from charmt.config import TrainConfig
 from charmt.errors import ModelFormatError
-from charmt.train import TrainConfig, _load_train_state, _make_optimizer
+from charmt.train import _load_train_state, _make_optimizer
 
 from conftest import write_pairs
 

@@ -27,9 +27,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charmt.cli import main
+from charmt.config import ModelConfig
 from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError
-from charmt.model import ModelConfig, Seq2Seq
+from charmt.model import Seq2Seq
 from charmt.serve import MAX_BEAM, bind, create_app, url_of
 
 from conftest import DEMO

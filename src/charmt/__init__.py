@@ -3,20 +3,35 @@
     import charmt
     charmt.train("fra-eng.zip", "models/fra", preset="tiny")
     print(charmt.Translator.load("models/fra").translate(["I am cold."]))
+
+The names below are imported on first use, so `import charmt` (and the command line's --help) does not pay for
+PyTorch's start-up until something needs it.
 """
 
-import os
-
-# oneDNN keeps one compiled kernel per input shape, 1,024 by default; with length-bucketed batches nearly every
-# batch has a new shape, and those kernels grew a `base` training process past 3 GB. 64 keeps it near 1.5 GB at the
-# same speed (benchmarks/RESULTS.md). Set before torch first uses oneDNN; a value the user set is kept.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
-
-from .data import SelectionConfig  # noqa: E402
-from .decode import Translator  # noqa: E402
-from .errors import CharmtError  # noqa: E402
-from .model import ModelConfig  # noqa: E402
-from .train import TrainConfig, train  # noqa: E402
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["CharmtError", "ModelConfig", "SelectionConfig", "TrainConfig", "Translator", "train", "__version__"]
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CharmtError": "errors",
+    "ModelConfig": "config",
+    "SelectionConfig": "config",
+    "TrainConfig": "config",
+    "preset_configs": "config",
+    "Translator": "decode",
+    "train": "train",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -21,8 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from .config import ModelConfig
 from .errors import ConfigError, ModelFormatError
-from .model import ModelConfig, Seq2Seq
+from .model import Seq2Seq
 from .vocab import Vocab
 
 # Read once: os.umask can only be read by setting it, which would race with threads writing files.
@@ -46,6 +47,8 @@ class ModelInfo:
     source_vocab: Vocab
     target_vocab: Vocab
     preset: str = "custom"
+    source_lang: str | None = None  # ISO 639 codes, e.g. "en" and "fr"; None where nobody said
+    target_lang: str | None = None
     max_source_length: int = 0  # longest source seen in training (characters)
     max_target_length: int = 0  # longest target seen in training (characters, without START/END)
     selection: dict = field(default_factory=dict)
@@ -60,6 +63,8 @@ class ModelInfo:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "preset": self.preset,
+            "source_lang": self.source_lang,
+            "target_lang": self.target_lang,
             "model": self.model.to_dict(),
             "source_vocab": self.source_vocab.tokens,
             "target_vocab": self.target_vocab.tokens,
@@ -89,6 +94,8 @@ class ModelInfo:
                 source_vocab=Vocab(obj["source_vocab"]),
                 target_vocab=Vocab(obj["target_vocab"]),
                 preset=obj.get("preset", "custom"),
+                source_lang=obj.get("source_lang"),
+                target_lang=obj.get("target_lang"),
                 max_source_length=int(obj.get("max_source_length", 0)),
                 max_target_length=int(obj.get("max_target_length", 0)),
                 selection=obj.get("selection") or {},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -12,10 +13,8 @@ from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 
-from .data import SelectionConfig
+from .config import PRECISIONS, PRESETS, ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
 from .errors import CharmtError, ConfigError
-from .model import ModelConfig
-from .train import PRECISIONS, PRESETS, TrainConfig
 
 log = logging.getLogger("charmt")
 DEMO_CORPUS = "eng-fra.txt"
@@ -81,6 +80,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, help=f"held out for `evaluate` (seed: {s.test_fraction})")
     g.add_argument("--reverse", action="store_true", default=None,
                    help="translate from the second column into the first (e.g. French to English)")
+    g.add_argument("--source-lang", metavar="CODE",
+                   help="ISO 639 code of the source language (default: from the file name, e.g. fra.txt: en)")
+    g.add_argument("--target-lang", metavar="CODE",
+                   help="ISO 639 code of the target language (default: from the file name, e.g. fra.txt: fr)")
 
 
 # Config fields whose command-line option is not "--" + the field's name with dashes.
@@ -95,8 +98,6 @@ def _option_name(config, field_name: str) -> str:
 
 def _configs_from_args(args) -> tuple[ModelConfig, TrainConfig, SelectionConfig]:
     """The preset's configs with the options given on the command line applied."""
-    from .train import preset_configs, updated
-
     given = vars(args)
 
     def options(config) -> dict:
@@ -178,8 +179,6 @@ def _say(text: str) -> None:
 def _options_changed(preset_name: str, configs: tuple) -> list[str]:
     """The command-line options behind `configs` (from _configs_from_args) that change the preset's
     configuration (device and threads do not)."""
-    from .train import preset_configs
-
     changed = []
     for given, preset in zip(configs, preset_configs(preset_name)):
         for f in fields(preset):
@@ -285,7 +284,7 @@ def cmd_demo(args) -> int:
     from .data import read_corpus
     from .decode import Translator
     from .evaluate import pick_pairs
-    from .train import preset_configs, train, updated
+    from .train import train
 
     corpus = resources.files("charmt") / "demo" / DEMO_CORPUS
     model, training, selection = preset_configs("tiny")
@@ -389,16 +388,7 @@ def cmd_plot(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(prog="charmt", description="Character-level seq2seq translation (LSTM).")
-    parser.add_argument("--version", action="version", version=f"charmt {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("train", help="train a model on an Anki/Tatoeba pair file (.txt or .zip)")
+def _args_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="pair file: English<TAB>Other[<TAB>attribution] per line, or the downloaded .zip")
     p.add_argument("--preset", default="seed", choices=list(PRESETS),
                    help="seed: the Keras example; tiny: small and fast; base: the quality preset (default: seed)")
@@ -407,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     _add_device(p)
     _add_train_options(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("translate", help="translate sentences given as arguments or one per line on stdin")
+
+def _args_translate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory")
     p.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
     p.add_argument("--beam", type=int, default=1, help="beam size, 1 for greedy (default: 1)")
@@ -417,9 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="sentences per batch (default: 128)")
     p.add_argument("--no-split", action="store_true", help="do not split paragraphs into sentences")
     _add_device(p)
-    p.set_defaults(func=cmd_translate)
 
-    p = sub.add_parser("evaluate", help="chrF, BLEU, exact match and masked accuracy on held-out pairs")
+
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory")
     p.add_argument("data", help="pair file; the model's own training file evaluates on its recorded test split")
     p.add_argument("--split", default="auto", choices=["auto", "test", "validation", "all"],
@@ -430,46 +420,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw chrF and BLEU by source length into this PNG")
     _add_device(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("inspect", help="show the one-hot encodings of a pair (the example's exercise)")
+
+def _args_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_or_data", help="model directory, or a pair file (vocabulary built the example's way)")
     p.add_argument("source", help="source sentence")
     p.add_argument("target", nargs="?", help="target sentence")
-    p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="train the tiny preset on the built-in corpus and show translations")
+
+def _args_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the tiny preset's)")
     p.add_argument("--time-budget", type=float, default=1.5, metavar="MINUTES", help="(default: 1.5)")
     p.add_argument("--out", help="keep the model in this directory")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--show", type=int, default=10, help="held-out sentences to translate (default: 10)")
     _add_device(p)
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("attention", help="translate one sentence and draw its attention heatmap as PNG")
+
+def _args_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (trained with --attention luong)")
     p.add_argument("sentence", help="sentence to translate")
     p.add_argument("--png", required=True, help="where to write the heatmap")
     _add_device(p)
-    p.set_defaults(func=cmd_attention)
 
-    p = sub.add_parser("split", help="hold out a multi-reference test set by source sentence (train.txt, test.txt)")
+
+def _args_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="pair file (.txt or .zip)")
     p.add_argument("--test-sentences", type=int, default=2000, help="distinct sources to hold out (default: 2000)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the choice (default: 1)")
     p.add_argument("--out", required=True, help="directory for train.txt and test.txt")
-    p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("download", help="download a manythings.org pair zip (e.g. fra) into the cache")
+
+def _args_download(p: argparse.ArgumentParser) -> None:
     p.add_argument("lang", help="language code as on manythings.org/anki: fra, deu, spa, ...")
     p.add_argument("--dir", help="directory to save into (default: ~/.cache/charmt or $CHARMT_CACHE)")
     p.add_argument("--url", help="download from this address instead")
     p.add_argument("--force", action="store_true", help="download again even when cached")
-    p.set_defaults(func=cmd_download)
 
+
+def _args_import_keras(p: argparse.ArgumentParser) -> None:
     s = SelectionConfig()
-    p = sub.add_parser("import-keras", help="convert the Keras example's saved s2s_model.keras into a model directory")
     p.add_argument("keras_model", help="the .keras file the example's model.save() wrote (Keras 3)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
@@ -487,15 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=_no_limit, default=s.num_samples, help=f"(default: {s.num_samples})")
     g.add_argument("--shuffle-seed", type=int, default=s.seed, help=f"(default: {s.seed})")
     g.add_argument("--no-dedupe", action="store_true", help="the notebook did not skip duplicate sources")
-    p.set_defaults(func=cmd_import_keras)
 
-    p = sub.add_parser("plot", help="draw a model's training curves (loss, accuracy, chrF) into a PNG")
+
+def _args_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory (or its log.jsonl)")
     p.add_argument("--out", help="PNG file to write (default: MODEL/training.png)")
-    p.set_defaults(func=cmd_plot)
+
+
+def _args_serve(p: argparse.ArgumentParser) -> None:
     from .serve import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS
 
-    p = sub.add_parser("serve", help="HTTP API and web page for translating with a model")
     p.add_argument("model", help="model directory")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; there is no authentication)")
@@ -505,11 +496,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
                    help=f"characters per text (default: {DEFAULT_MAX_CHARS})")
     _add_device(p)
-    p.set_defaults(func=cmd_serve)
+
+
+# name, help, arguments, command: the table of contents of the command line.
+COMMANDS = [
+    ("train", "train a model on an Anki/Tatoeba pair file (.txt or .zip)", _args_train, cmd_train),
+    ("translate", "translate sentences given as arguments or one per line on stdin", _args_translate, cmd_translate),
+    ("evaluate", "chrF, BLEU, exact match and masked accuracy on held-out pairs", _args_evaluate, cmd_evaluate),
+    ("inspect", "show the one-hot encodings of a pair (the example's exercise)", _args_inspect, cmd_inspect),
+    ("demo", "train the tiny preset on the built-in corpus and show translations", _args_demo, cmd_demo),
+    ("attention", "translate one sentence and draw its attention heatmap as PNG", _args_attention, cmd_attention),
+    ("split", "hold out a multi-reference test set by source sentence (train.txt, test.txt)", _args_split, cmd_split),
+    ("download", "download a manythings.org pair zip (e.g. fra) into the cache", _args_download, cmd_download),
+    ("import-keras", "convert the Keras example's saved s2s_model.keras into a model directory", _args_import_keras,
+     cmd_import_keras),
+    ("plot", "draw a model's training curves (loss, accuracy, chrF) into a PNG", _args_plot, cmd_plot),
+    ("serve", "HTTP API and web page for translating with a model", _args_serve, cmd_serve),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="charmt", description="Character-level seq2seq translation (LSTM).")
+    parser.add_argument("--version", action="version", version=f"charmt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments, command in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=command)
     return parser
 
 
+def _configure_process() -> None:
+    """Settings that belong to the process, which the command line owns (the library never sets them)."""
+    if "torch" not in sys.modules:  # read when PyTorch first uses oneDNN: too late once it is imported
+        # oneDNN keeps one compiled kernel per input shape, 1,024 by default; with length-bucketed batches nearly
+        # every batch has a new shape, and those kernels grew a `base` training process past 3 GB. 64 keeps it
+        # near 1.5 GB at the same speed (benchmarks/RESULTS.md). A value the user set is kept.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _configure_process()
     parser = build_parser()
     # Sentences may follow options (`translate M --beam 5 "Hi."`): argparse leaves them over as extras.
     args, extra = parser.parse_known_args(argv)

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import SelectionConfig
 from .errors import DataError, DownloadError
 from .vocab import normalize
 
@@ -126,32 +127,6 @@ def _read_from_zip(path: Path) -> bytes:
 
 
 @dataclass
-class SelectionConfig:
-    """Which pairs to train on. The defaults are the Keras example's."""
-
-    seed: int = 42  # the example shuffles the file's lines with random.seed(42)
-    max_input_length: int | None = 15  # skip pairs whose source is longer (None: keep all)
-    max_target_length: int | None = None  # skip pairs whose target is longer (None: keep all)
-    dedupe: bool = True  # skip a source whose punctuation-stripped form was already seen
-    num_samples: int | None = 10_000  # stop after this many pairs (None: keep all)
-    validation_fraction: float = 0.2  # the example's validation_split
-    test_fraction: float = 0.0
-    reverse: bool = False  # translate from the second column to the first
-
-    def __post_init__(self):
-        for name in ("validation_fraction", "test_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise DataError(f"{name} must be in [0, 1), got {value}")
-        if self.validation_fraction + self.test_fraction >= 1.0:
-            raise DataError("validation_fraction + test_fraction must leave some pairs for training")
-        for name in ("max_input_length", "max_target_length", "num_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise DataError(f"{name} must be at least 1 (or None for no limit), got {value}")
-
-
-@dataclass
 class Selection:
     train: list[Pair]
     validation: list[Pair]
@@ -218,14 +193,31 @@ def select(corpus: Corpus, config: SelectionConfig) -> Selection:
     return Selection(train, validation, test, dict(skipped))
 
 
+def source_key(source: str) -> str:
+    """What makes two sources the same sentence: equal after NFC normalisation and outer whitespace."""
+    return normalize(source).strip()
+
+
+def group_by_source(pairs: list[Pair]) -> dict[str, list[Pair]]:
+    """The pairs of each distinct source (by `source_key`), in order of first appearance."""
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(source_key(pair.source), []).append(pair)
+    return groups
+
+
+def references_by_source(pairs: list[Pair]) -> tuple[list[Pair], list[list[str]]]:
+    """One pair per distinct source, with every target of that source as its references."""
+    groups = group_by_source(pairs).values()
+    return [g[0] for g in groups], [[p.target for p in g] for g in groups]
+
+
 def split_by_source(pairs: list[Pair], validation_fraction: float, test_fraction: float):
     """Split in order into train | validation | test, keeping all translations of one source on one side.
 
     Like Keras's validation_split, the held-out parts are taken from the end of the (shuffled) list.
     """
-    groups: dict[str, list[Pair]] = {}
-    for pair in pairs:
-        groups.setdefault(normalize(pair.source).strip(), []).append(pair)
+    groups = group_by_source(pairs)
     keys = list(groups)
     n_train = math.floor(len(keys) * (1.0 - validation_fraction - test_fraction))
     n_validation = math.floor(len(keys) * (1.0 - test_fraction)) - n_train
@@ -239,16 +231,14 @@ def hold_out(corpus: Corpus, test_sentences: int, *, seed: int = 1) -> tuple[lis
     """Split a corpus by source sentence into (train, test): `test_sentences` distinct sources, chosen at random,
     go to the test side with every one of their translations, so the test set is multi-reference and none of its
     sources is ever seen in training."""
-    groups: dict[str, list[Pair]] = {}
-    for pair in corpus.pairs:
-        groups.setdefault(normalize(pair.source).strip(), []).append(pair)
+    groups = group_by_source(corpus.pairs)
     if not 0 < test_sentences < len(groups):
         raise DataError(f"--test-sentences must be between 1 and {len(groups) - 1} for {corpus.path}")
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     test_keys = set(keys[:test_sentences])
-    train = [p for p in corpus.pairs if normalize(p.source).strip() not in test_keys]
-    test = [p for p in corpus.pairs if normalize(p.source).strip() in test_keys]
+    train = [p for p in corpus.pairs if source_key(p.source) not in test_keys]
+    test = [p for p in corpus.pairs if source_key(p.source) in test_keys]
     return train, test
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 from . import checkpoint as ckpt
-from .data import Corpus, Pair, pairs_at_lines, read_corpus
+from .batching import EncodedPairs, collate, encode_pairs
+from .data import Corpus, Pair, pairs_at_lines, read_corpus, references_by_source
 from .decode import Translator
 from .errors import DataError
-from .metrics import score_translations
-from .train import encode_pairs, references_by_source, teacher_forced_metrics
+from .metrics import masked_accuracy, score_translations
+from .model import Seq2Seq
+from .vocab import PAD_ID
 
 LENGTH_BUCKETS = (10, 20, 30, 50, 80)  # upper bounds (characters of the source) of the breakdown's buckets
 
@@ -80,6 +84,23 @@ def evaluate(translator: Translator, pairs: list[Pair], *, split: str = "file", 
         by_length=length_breakdown(sources, hypotheses, references),
         sources=sources, hypotheses=hypotheses, references=references,
     )
+
+
+@torch.inference_mode()
+def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.device, batch_size: int = 256):
+    """Mean cross-entropy and masked character accuracy over all non-PAD target positions."""
+    model.eval()
+    loss_sum, correct, total = 0.0, 0.0, 0
+    order = sorted(range(len(data)), key=lambda i: len(data.sources[i]))
+    for s in range(0, len(order), batch_size):
+        src, lengths, tgt_in, tgt_out = collate(data, order[s : s + batch_size], device)
+        logits, loss = model(src, lengths, tgt_in, tgt_out)
+        mask = tgt_out != PAD_ID
+        n = int(mask.sum())
+        loss_sum += float(loss) * n
+        correct += masked_accuracy(logits, tgt_out, mask) * n
+        total += n
+    return loss_sum / max(total, 1), correct / max(total, 1)
 
 
 def length_breakdown(sources: list[str], hypotheses: list[str], references: list[list[str]]) -> list[dict]:

@@ -7,40 +7,15 @@ embeddings, bidirectional encoder, Luong attention, several layers, dropout) gro
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ModelConfig
 from .errors import ConfigError
 from .vocab import PAD_ID
-
-ATTENTION_KINDS = ("none", "luong")
-
-
-@dataclass
-class ModelConfig:
-    src_vocab_size: int = 0  # set from the data's vocabulary
-    tgt_vocab_size: int = 0
-    hidden_size: int = 512  # the example's latent_dim; the decoder's size
-    encoder_hidden_size: int = 0  # per direction; 0: hidden_size. Bidirectional encoders often use half of it
-    embedding_size: int = 0  # 0: one-hot inputs, as in the example; else a learned embedding of this size
-    num_layers: int = 1
-    bidirectional: bool = False  # encoder only; its final states are bridged to the decoder's size
-    attention: str = "none"  # "none" (the example) or "luong" (global attention, "general" score)
-    dropout: float = 0.0
-
-    def __post_init__(self):
-        if self.attention not in ATTENTION_KINDS:
-            raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0 or self.encoder_hidden_size < 0:
-            raise ConfigError("hidden_size and num_layers must be >= 1, embedding_size and encoder_hidden_size >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class OneHot(nn.Module):

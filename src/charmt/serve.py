@@ -19,9 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from .decode import Translator, attention_weights
 from .errors import CharmtError, ConfigError
+
+if TYPE_CHECKING:  # imported where used: `charmt serve --help` needs no PyTorch
+    from .decode import Translator
 
 log = logging.getLogger("charmt")
 
@@ -55,7 +58,7 @@ class _Batcher:
     """Gathers the requests that arrive within a few milliseconds (or while the model is busy) into one
     `Translator.translate` call per beam size, run in the single model thread, and hands each its results."""
 
-    def __init__(self, translator: Translator, executor: ThreadPoolExecutor, *, wait_s: float = BATCH_WAIT_S,
+    def __init__(self, translator: "Translator", executor: ThreadPoolExecutor, *, wait_s: float = BATCH_WAIT_S,
                  max_batch_texts: int = MAX_BATCH_TEXTS):
         self.translator, self.executor = translator, executor
         self.wait_s, self.max_batch_texts = wait_s, max_batch_texts
@@ -123,7 +126,7 @@ class _Batcher:
             start += len(job.texts)
 
 
-def text_warnings(translator: Translator, texts: list[str]) -> list[str]:
+def text_warnings(translator: "Translator", texts: list[str]) -> list[str]:
     """What the CLI logs about these inputs, as messages: unknown characters, sentences longer than any trained on."""
     texts = [" ".join(text.split()) for text in texts]
     unknown = sorted(set().union(*(translator.source_vocab.unknown_chars(t) for t in texts))) if texts else []
@@ -139,9 +142,11 @@ def text_warnings(translator: Translator, texts: list[str]) -> list[str]:
     return warnings
 
 
-def create_app(translator: Translator, *, name: str = "model", max_texts: int = DEFAULT_MAX_TEXTS,
+def create_app(translator: "Translator", *, name: str = "model", max_texts: int = DEFAULT_MAX_TEXTS,
                max_chars: int = DEFAULT_MAX_CHARS, batch_wait_s: float = BATCH_WAIT_S):
     """The FastAPI application serving `translator`; run it with uvicorn, or `serve`."""
+    from .decode import attention_weights
+
     try:
         from fastapi import FastAPI, Request
         from fastapi.exceptions import RequestValidationError

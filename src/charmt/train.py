@@ -1,4 +1,4 @@
-"""Training: presets, length-bucketed batches, teacher forcing, validation with chrF, checkpoints, resume.
+"""Training: teacher forcing over length-bucketed batches, validation with chrF, checkpoints, resume.
 
 Each epoch's batch order comes from a generator seeded by (seed, epoch), and the checkpoint stores the optimizer,
 the global RNG and the position in the epoch, so a resumed CPU run ends with the same weights as one that was
@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,162 +23,18 @@ import torch.distributed as dist
 from safetensors.torch import save as save_safetensors_bytes
 
 from . import checkpoint as ckpt
-from .data import Pair, SelectionConfig, read_corpus, select
+from .batching import EncodedPairs, collate, encode_pairs, epoch_items, make_batches
+from .config import ModelConfig, SelectionConfig, TrainConfig, preset_configs
+from .data import Pair, read_corpus, references_by_source, select
 from .decode import Translator
 from .errors import ConfigError, DataError, ModelFormatError
+from .evaluate import teacher_forced_metrics
+from .languages import languages_of_file
 from .metrics import collapse_warning, masked_accuracy, score_translations
-from .model import ModelConfig, Seq2Seq, resolve_device
-from .vocab import PAD_ID, Vocab, normalize
+from .model import Seq2Seq, resolve_device
+from .vocab import PAD_ID, Vocab
 
 log = logging.getLogger("charmt")
-
-OPTIMIZERS = ("rmsprop", "adam", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16")
-LR_SCHEDULES = ("constant", "plateau", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5  # the example's setting for a CPU
-    batch_size: int = 64
-    optimizer: str = "rmsprop"  # "rmsprop" uses Keras's defaults (rho 0.9, epsilon 1e-7), as the example
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # "plateau": halve when validation chrF stalls; "cosine": to 0 by the end
-    warmup_steps: int = 0  # linear warm-up of the learning rate
-    clip_grad_norm: float = 0.0  # 0: no clipping
-    patience: int = 0  # stop after this many epochs without a better validation chrF (0: never)
-    time_budget_minutes: float = 0.0  # stop cleanly once training has run this long (0: no budget)
-    bucket: bool = True  # batch sentences of similar length together, so little of each batch is padding
-    # Show pairs whose source has at most `short_source_length` characters this many times per epoch: short
-    # sentences are cheap to train on and idiomatic, and upweighting them costs the long ones little.
-    short_repeats: int = 1
-    short_source_length: int = 20
-    # "auto": bfloat16 autocast where the hardware computes bf16 natively (CUDA; CPUs with AVX512_BF16 or AMX),
-    # float32 elsewhere. Weights, optimizer state and decoding stay float32 either way.
-    precision: str = "auto"
-    # Share of each target's probability spread evenly over the vocabulary in the training loss (Szegedy et al.
-    # 2016); validation loss and accuracy are always computed without it.
-    label_smoothing: float = 0.0
-    seed: int = 0
-    eval_sentences: int = 500  # validation sentences decoded each epoch to compute chrF
-    show_samples: int = 3  # decoded validation sentences printed each epoch
-    checkpoint_minutes: float = 5.0  # also save a resumable checkpoint this often within an epoch
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads (0: PyTorch's default)
-
-    def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.short_repeats < 1:
-            raise ConfigError("short_repeats must be at least 1")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be at least 1")
-        if self.learning_rate <= 0:
-            raise ConfigError("learning_rate must be positive")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.threads < 0 or self.checkpoint_minutes < 0 or self.time_budget_minutes < 0:
-            raise ConfigError("threads, checkpoint_minutes and time_budget_minutes must not be negative")
-
-
-# name -> (model, training, selection) options; everything not named keeps the dataclass default.
-PRESETS: dict[str, tuple[dict, dict, dict]] = {
-    # The Keras example: one-hot LSTM encoder-decoder, latent 512, rmsprop, batch 64, its data selection.
-    "seed": ({}, {}, {}),
-    # Small and quick: for tests and `charmt demo`.
-    "tiny": (
-        dict(hidden_size=96, embedding_size=32, bidirectional=True, attention="luong"),
-        dict(epochs=40, batch_size=16, optimizer="adam", learning_rate=3e-3, clip_grad_norm=1.0,
-             precision="fp32"),  # bf16 is slower for matrices this small
-        dict(max_input_length=None, dedupe=False, num_samples=None, validation_fraction=0.1),
-    ),
-    # The quality preset: trains in at most an hour on 2 CPU cores on the whole pool, all sentence lengths.
-    "base": (
-        dict(hidden_size=256, embedding_size=64, bidirectional=True, attention="luong", dropout=0.1),
-        dict(epochs=12, batch_size=64, optimizer="adamw", learning_rate=2e-3, weight_decay=0.01,
-             lr_schedule="cosine", warmup_steps=300, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
-             eval_sentences=1000, checkpoint_minutes=5.0, short_repeats=2, label_smoothing=0.1),
-        dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
-             validation_fraction=0.01),
-    ),
-}
-
-
-def preset_configs(name: str) -> tuple[ModelConfig, TrainConfig, SelectionConfig]:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    model, training, selection = PRESETS[name]
-    return ModelConfig(**model), TrainConfig(**training), SelectionConfig(**selection)
-
-
-def updated(config, **changes):
-    """A copy of a config dataclass with the given fields changed (None values are ignored)."""
-    names = {f.name for f in fields(config)}
-    unknown = set(changes) - names
-    if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)} for {type(config).__name__}")
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})
-
-
-# --- batches ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EncodedPairs:
-    sources: list[list[int]]
-    targets: list[list[int]]  # START + text + END
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-
-def encode_pairs(pairs: list[Pair], source_vocab: Vocab, target_vocab: Vocab) -> EncodedPairs:
-    return EncodedPairs(
-        [source_vocab.encode(p.source) for p in pairs],
-        [target_vocab.encode(p.target, add_start=True, add_end=True) for p in pairs],
-    )
-
-
-def epoch_items(data: EncodedPairs, short_repeats: int = 1, short_source_length: int = 20) -> list[int]:
-    """The pair indices one epoch trains on: every pair once, short-source pairs `short_repeats` times."""
-    items = list(range(len(data)))
-    short = [i for i in items if len(data.sources[i]) <= short_source_length]
-    return items + short * (short_repeats - 1)
-
-
-def make_batches(data: EncodedPairs, batch_size: int, generator: torch.Generator, bucket: bool,
-                 items: list[int] | None = None) -> list[list[int]]:
-    """Shuffled batches of `items` (default: every pair once); with `bucket`, each batch holds sentences of
-    similar length."""
-    items = epoch_items(data) if items is None else items
-    order = [items[i] for i in torch.randperm(len(items), generator=generator).tolist()]
-    if bucket:  # sort within windows of 100 batches: batches stay random, padding stays small
-        window = batch_size * 100
-        order = [i for s in range(0, len(order), window)
-                 for i in sorted(order[s : s + window], key=lambda i: (len(data.sources[i]), len(data.targets[i])))]
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    if bucket:
-        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-    return batches
-
-
-def collate(data: EncodedPairs, index: list[int], device: torch.device):
-    """-> src (B, S), src_lengths (B,), tgt_in (B, T), tgt_out (B, T); padded with PAD."""
-    sources = [data.sources[i] for i in index]
-    targets = [data.targets[i] for i in index]
-    src = torch.full((len(index), max(map(len, sources))), PAD_ID, dtype=torch.long)
-    tgt = torch.full((len(index), max(map(len, targets))), PAD_ID, dtype=torch.long)
-    for row, (s, t) in enumerate(zip(sources, targets)):
-        src[row, : len(s)] = torch.tensor(s)
-        tgt[row, : len(t)] = torch.tensor(t)
-    lengths = torch.tensor([len(s) for s in sources])
-    return src.to(device), lengths, tgt[:, :-1].to(device), tgt[:, 1:].to(device)
-
 
 # --- training ---------------------------------------------------------------------------------------------
 
@@ -241,29 +97,12 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-@torch.inference_mode()
-def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.device, batch_size: int = 256):
-    """Mean cross-entropy and masked character accuracy over all non-PAD target positions."""
-    model.eval()
-    loss_sum, correct, total = 0.0, 0.0, 0
-    order = sorted(range(len(data)), key=lambda i: len(data.sources[i]))
-    for s in range(0, len(order), batch_size):
-        src, lengths, tgt_in, tgt_out = collate(data, order[s : s + batch_size], device)
-        logits, loss = model(src, lengths, tgt_in, tgt_out)
-        mask = tgt_out != PAD_ID
-        n = int(mask.sum())
-        loss_sum += float(loss) * n
-        correct += masked_accuracy(logits, tgt_out, mask) * n
-        total += n
-    return loss_sum / max(total, 1), correct / max(total, 1)
-
-
-def references_by_source(pairs: list[Pair]) -> tuple[list[Pair], list[list[str]]]:
-    """One pair per distinct source, with every target of that source as its references."""
-    groups: dict[str, list[Pair]] = {}
-    for p in pairs:
-        groups.setdefault(normalize(p.source).strip(), []).append(p)
-    return [g[0] for g in groups.values()], [[p.target for p in g] for g in groups.values()]
+def model_languages(data_path: str | os.PathLike, selection: SelectionConfig) -> tuple[str | None, str | None]:
+    """(source, target) language codes: as given in `selection`, else from the file name, swapped by `reverse`."""
+    from_name = languages_of_file(data_path) or (None, None)
+    if selection.reverse:
+        from_name = from_name[::-1]
+    return selection.source_lang or from_name[0], selection.target_lang or from_name[1]
 
 
 def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_config: ModelConfig | None = None,
@@ -326,8 +165,10 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
 
     torch.manual_seed(train_config.seed)
     model = Seq2Seq(model_config).to(device)
+    source_lang, target_lang = model_languages(data_path, selection)
     info = ckpt.ModelInfo(
         model=model_config, source_vocab=source_vocab, target_vocab=target_vocab, preset=preset,
+        source_lang=source_lang, target_lang=target_lang,
         max_source_length=max(len(p.source) for p in chosen.train),
         max_target_length=max(len(p.target) for p in chosen.train),
         selection=asdict(selection), training=asdict(train_config),
