@@ -253,16 +253,10 @@ class Translator:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if beam == 1 and n_best > 1:
             raise ConfigError("--n-best needs beam search: add --beam N with N >= n-best")
-        texts = [str(t) for t in texts]
-        pieces: list[tuple[int, str]] = []  # (input index, sentence)
-        for i, text in enumerate(texts):
-            text = " ".join(text.split())  # tabs, newlines and runs of spaces become one space
-            if not text:
-                continue
-            for sentence in split_sentences(text) if split and not self.keras_compat else [text]:
-                pieces.append((i, sentence))
+        pieces = self._sentences(texts, split)
         if warn:
-            self._warn_about([s for _, s in pieces])
+            for message in self._warnings([s for _, s in pieces]):
+                log.warning("%s", message)
         results = self._translate_sentences([s for _, s in pieces], beam, n_best, batch_size)
         joined: list[list[Hypothesis]] = [[] for _ in texts]
         by_input: dict[int, list[list[Hypothesis]]] = {}
@@ -275,16 +269,35 @@ class Translator:
                 joined[i] = [Hypothesis(" ".join(p[0].text for p in parts if p), sum(p[0].score for p in parts if p))]
         return joined
 
-    def _warn_about(self, sentences: list[str]) -> None:
+    def _sentences(self, texts: list[str], split: bool) -> list[tuple[int, str]]:
+        """(input index, sentence) for every sentence of every non-blank input, whitespace collapsed."""
+        pieces: list[tuple[int, str]] = []
+        for i, text in enumerate(texts):
+            text = " ".join(str(text).split())  # tabs, newlines and runs of spaces become one space
+            if not text:
+                continue
+            for sentence in split_sentences(text) if split and not self.keras_compat else [text]:
+                pieces.append((i, sentence))
+        return pieces
+
+    def input_warnings(self, texts: list[str], *, split: bool = True) -> list[str]:
+        """What `translate` warns about these inputs, as messages: unknown characters (which become <unk>) and
+        sentences longer than any seen in training."""
+        return self._warnings([s for _, s in self._sentences(texts, split)])
+
+    def _warnings(self, sentences: list[str]) -> list[str]:
+        messages = []
         unknown = sorted(set().union(*(self.source_vocab.unknown_chars(s) for s in sentences))) if sentences else []
         if unknown:
             shown = " ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-            log.warning("%d unknown character(s) replaced by <unk> (not in the training data): %s", len(unknown), shown)
+            messages.append(f"{len(unknown)} unknown character(s) replaced by <unk> (not in the training data): "
+                            f"{shown}")
         longest = self.info.max_source_length
         too_long = [s for s in sentences if longest and len(s) > longest]
         if too_long:
-            log.warning("%d sentence(s) are longer than any seen in training (%d characters); expect poor output",
-                        len(too_long), longest)
+            messages.append(f"{len(too_long)} sentence(s) are longer than any seen in training ({longest} "
+                            "characters); expect poor output")
+        return messages
 
     def _encode_sources(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids = [self.source_vocab.encode(s) for s in sentences]

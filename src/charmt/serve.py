@@ -126,22 +126,6 @@ class _Batcher:
             start += len(job.texts)
 
 
-def text_warnings(translator: "Translator", texts: list[str]) -> list[str]:
-    """What the CLI logs about these inputs, as messages: unknown characters, sentences longer than any trained on."""
-    texts = [" ".join(text.split()) for text in texts]
-    unknown = sorted(set().union(*(translator.source_vocab.unknown_chars(t) for t in texts))) if texts else []
-    warnings = []
-    if unknown:
-        shown = " ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        warnings.append(f"{len(unknown)} unknown character(s) replaced by <unk> (not in the training data): {shown}")
-    longest = translator.info.max_source_length
-    too_long = sum(1 for t in texts if longest and len(t) > longest)
-    if too_long:
-        warnings.append(f"{too_long} text(s) are longer than any sentence seen in training ({longest} characters); "
-                        "expect poor output")
-    return warnings
-
-
 def create_app(translator: "Translator", *, name: str = "model", max_texts: int = DEFAULT_MAX_TEXTS,
                max_chars: int = DEFAULT_MAX_CHARS, batch_wait_s: float = BATCH_WAIT_S):
     """The FastAPI application serving `translator`; run it with uvicorn, or `serve`."""
@@ -259,7 +243,7 @@ def create_app(translator: "Translator", *, name: str = "model", max_texts: int 
                 return too_long
         translations = await batcher.translate(request.texts, request.beam) if request.texts else []
         return TranslateResponse(translations=translations, model=name, device=str(translator.device),
-                                 beam=request.beam, warnings=text_warnings(translator, request.texts))
+                                 beam=request.beam, warnings=translator.input_warnings(request.texts))
 
     @app.post("/attention", response_model=AttentionResponse,
               responses={**limits, 409: {"model": Error, "description": "the model has no attention"}})
@@ -275,8 +259,9 @@ def create_app(translator: "Translator", *, name: str = "model", max_texts: int 
         loop = asyncio.get_running_loop()
         source, output, weights = await loop.run_in_executor(executor, attention_weights, translator, request.text)
         source = [ch if not 0xD800 <= ord(ch) <= 0xDFFF else "\ufffd" for ch in source]  # lone surrogates: no UTF-8
+        warnings = translator.input_warnings([request.text], split=False)
         return AttentionResponse(source=source, output=output, weights=[[round(w, 4) for w in row] for row in weights],
-                                 translation="".join(output), warnings=text_warnings(translator, [request.text]))
+                                 translation="".join(output), warnings=warnings)
 
     @app.get("/health")
     async def health():
