@@ -24,7 +24,7 @@ from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.config import TrainConfig
 from charmt.errors import ModelFormatError
-from charmt.train import _load_train_state, _make_optimizer
+from charmt.train import make_optimizer
 
 from conftest import write_pairs
 
@@ -272,4 +272,5 @@ def test_checkpoint_without_training_state_is_refused(tmp_path, tiny_model_dir):
     shutil.copy(model_dir / ckpt.WEIGHTS_FILE, model_dir / ckpt.CHECKPOINT_FILE)
     model, info = ckpt.load_model(model_dir)
     with pytest.raises(ModelFormatError, match="holds no training state"):
-        _load_train_state(model_dir, model, _make_optimizer(model, TrainConfig(**info.training)), {})
+        optimizer = make_optimizer(model, TrainConfig(**info.training))
+        ckpt.load_train_state(model_dir, model, optimizer, torch.device("cpu"))

@@ -13,12 +13,13 @@ import sys
 import pytest
 import torch
 
+import charmt.train
 from charmt.batching import EncodedPairs, epoch_items, make_batches
 from charmt.config import TrainConfig, updated
 from charmt.data import Pair
 from charmt.decode import Translator, _repeats, _trim
 from charmt.errors import ConfigError
-from charmt.train import _learning_rate, train, training_precision
+from charmt.train import learning_rate, train, training_precision
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN
 
@@ -88,17 +89,34 @@ def test_short_repeats_lengthen_the_epoch_in_train(pair_file, tmp_path):
     assert steps["n"] == math.ceil((split["train"] + short) / 16)  # every short training pair counts twice
 
 
-@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
-def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, native, expected):
+@pytest.mark.parametrize(
+    "runs_bf16, native, expected",
+    [(True, True, "bf16"), (True, False, "fp32"), (False, True, "fp32"), (False, False, "fp32")],
+    ids=["avx512-bf16", "avx512-emulated", "no-bf16-kernels", "avx2"],
+)
+def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, runs_bf16, native, expected):
+    monkeypatch.setattr(charmt.train, "cpu_runs_bf16_lstm", lambda: runs_bf16)
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, check, lambda: native, raising=False)
     assert training_precision("auto", torch.device("cpu")) == expected
     assert training_precision("fp32", torch.device("cpu")) == "fp32"
-    assert training_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(ConfigError, match="precision"):
         TrainConfig(precision="fp16")
 
 
+@pytest.mark.parametrize("runs_bf16", [True, False])
+def test_explicit_bf16_is_refused_where_the_cpu_cannot_run_it(monkeypatch, runs_bf16):
+    monkeypatch.setattr(charmt.train, "cpu_runs_bf16_lstm", lambda: runs_bf16)
+    if runs_bf16:
+        assert training_precision("bf16", torch.device("cpu")) == "bf16"
+    else:
+        with pytest.raises(ConfigError, match=r"cannot run PyTorch's bf16 LSTM .*use --precision fp32, or auto"):
+            training_precision("bf16", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not charmt.train.cpu_runs_bf16_lstm(),
+                    reason="this CPU has no bf16 LSTM kernels (oneDNN needs AVX-512; "
+                           "torch.ops.mkldnn._is_mkldnn_bf16_supported() is False)")
 def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(pair_file, tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
@@ -113,7 +131,9 @@ def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(pair_file, tmp
         assert all(p.dtype == torch.float32 for p in translator.model.parameters())
     assert losses["bf16"][1] < losses["bf16"][0]  # it learns ...
     assert losses["bf16"] != losses["fp32"]  # ... in another precision ...
-    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)  # ... as well as float32
+    # ... as well as float32. Within 2% on the AVX512_BF16 CPU this was written on; 5% because oneDNN runs other
+    # kernels (other summation orders) where it emulates bf16 on plain AVX-512, which no session could measure.
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +148,9 @@ def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(pair_file, tmp
         ("plateau", 0, 5, 0.5, 0.25, 0.25),  # halved twice
     ],
 )
-def test_learning_rate_schedule(schedule, warmup, step, progress, factor, expected):
+def testlearning_rate_schedule(schedule, warmup, step, progress, factor, expected):
     config = TrainConfig(lr_schedule=schedule, warmup_steps=warmup, learning_rate=1.0)
-    assert _learning_rate(config, step, progress, factor) == pytest.approx(expected, abs=1e-9)
+    assert learning_rate(config, step, progress, factor) == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,10 +25,6 @@ from .config import ModelConfig
 from .errors import ConfigError, ModelFormatError
 from .model import Seq2Seq
 from .vocab import Vocab
-
-# Read once: os.umask can only be read by setting it, which would race with threads writing files.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 FORMAT = "charmt-model"
 FORMAT_VERSION = 1
@@ -116,9 +112,14 @@ class ModelInfo:
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename: a crash leaves the old file whole."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:  # like mkstemp, but created with mode 0666 so that the process's umask applies as to any file
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; model files are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -223,3 +224,69 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: 
             parts.append(f"wrong shape {[(k, tuple(tensors[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}")
         raise ModelFormatError(f"{where} does not match config.json: " + "; ".join(parts))
     model.load_state_dict(tensors)
+
+
+def holds_model(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds trained weights or a training checkpoint (a config.json alone is what a run
+    that never reached its first checkpoint may have left, and blocks nothing)."""
+    directory = Path(directory)
+    return (directory / WEIGHTS_FILE).is_file() or (directory / CHECKPOINT_FILE).is_file()
+
+
+# --- training state ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where a training run is. Saved with every checkpoint, so that a resumed run continues exactly."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps of the current epoch completed
+    global_step: int = 0
+    best_chrf: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best one
+    plateau_factor: float = 1.0  # learning-rate factor of the "plateau" schedule
+    elapsed: float = 0.0  # seconds of training so far (the time budget and the cosine schedule follow it)
+    history: list[dict] = field(default_factory=list)  # one record per epoch, as in log.jsonl
+    epoch_loss_sum: float = 0.0  # sums over the current epoch's target characters
+    epoch_correct: float = 0.0
+    epoch_tokens: int = 0
+
+
+def save_train_state(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     state: TrainState, device: torch.device) -> None:
+    """One file, written atomically, so that weights, optimizer, RNG and position can never disagree."""
+    opt = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if device.type == "cuda":  # dropout on the GPU draws from the device's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    for pid, slots in opt["state"].items():
+        for name, value in slots.items():
+            tensors[f"optimizer.{pid}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    metadata = {"state": json.dumps(asdict(state)), "param_groups": json.dumps(opt["param_groups"])}
+    save_tensors(Path(directory) / CHECKPOINT_FILE, tensors, metadata=metadata)
+
+
+def load_train_state(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     device: torch.device) -> TrainState:
+    """Restore weights, optimizer, RNG and position from `directory`'s checkpoint."""
+    path = Path(directory) / CHECKPOINT_FILE
+    tensors, metadata = load_tensors(path, with_metadata=True)
+    try:
+        saved, param_groups = json.loads(metadata["state"]), json.loads(metadata["param_groups"])
+        state = TrainState(**saved)
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ModelFormatError(f"{path} holds no training state; it was not written by charmt train") from None
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, str(path))
+    opt_state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value  # load_state_dict moves it to the device
+    optimizer.load_state_dict({"state": opt_state, "param_groups": param_groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    return state

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 
 from .config import PRECISIONS, PRESETS, ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
-from .errors import CharmtError, ConfigError
+from .errors import CharmtError, ConfigError, explain_machine_error
 
 log = logging.getLogger("charmt")
 DEMO_CORPUS = "eng-fra.txt"
@@ -516,12 +518,12 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(prog="charmt", description="Character-level seq2seq translation (LSTM).")
-    parser.add_argument("--version", action="version", version=f"charmt {__version__}")
+    parser.add_argument("--version", action="version", version=f"charmt {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of any error (also: environment variable CHARMT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text, add_arguments, command in COMMANDS:
         p = sub.add_parser(name, help=help_text)
@@ -539,6 +541,25 @@ def _configure_process() -> None:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
 
+@contextlib.contextmanager
+def _messages_to_stderr(level: int):
+    """The `charmt` logger's messages on stderr while a command runs; the logger is as it was afterwards (the
+    library itself never configures logging, and the root logger is the host program's)."""
+    logger = logging.getLogger("charmt")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("charmt: %(levelname)s: %(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # printed here once, not again by a root handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     _configure_process()
     parser = build_parser()
@@ -548,15 +569,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.text += extra
+    debug = args.debug or os.environ.get("CHARMT_DEBUG", "") not in ("", "0")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="charmt: %(levelname)s: %(message)s", stream=sys.stderr, force=True)
-    try:
-        return args.func(args)
-    except CharmtError as err:
-        print(f"charmt: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("charmt: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+    with _messages_to_stderr(level):
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("charmt: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            return 0
+        except Exception as err:
+            if debug:
+                raise
+            explained = err if isinstance(err, CharmtError) else explain_machine_error(err)
+            if explained is not None:
+                print(f"charmt: error: {explained}", file=sys.stderr)
+                return 1
+            traceback.print_exc()
+            print(f"charmt: internal error ({type(err).__name__}): this is a bug in charmt {_version()}; please "
+                  "report it with the traceback above (CHARMT_DEBUG=1 or --debug shows it for every error)",
+                  file=sys.stderr)
+            return 1
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
