@@ -6,7 +6,6 @@ import argparse
 import hashlib
 import io
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -26,16 +25,6 @@ from conftest import write_pairs
 _SCRIPT = Path(sys.executable).parent / "charmt"
 CHARMT = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "charmt"]
 FOUNDATION_COMMANDS = {"train", "translate", "evaluate", "inspect", "demo", "download"}
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """main() reconfigures the root logger onto the captured stderr; put it back for the next test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

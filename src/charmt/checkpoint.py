@@ -202,7 +202,8 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
                weights_file: str = WEIGHTS_FILE) -> tuple[Seq2Seq, ModelInfo]:
     """Rebuild the model from config.json and load its weights; errors name the file at fault."""
     info = load_info(directory)
-    model = Seq2Seq(info.model)
+    with torch.device("meta"):  # no random initialisation: it would cost time and the caller's RNG state
+        model = Seq2Seq(info.model)
     weights_path = Path(directory) / weights_file
     load_state(model, load_tensors(weights_path), str(weights_path))
     return model.to(device).eval(), info
@@ -223,7 +224,7 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: 
         if wrong:
             parts.append(f"wrong shape {[(k, tuple(tensors[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}")
         raise ModelFormatError(f"{where} does not match config.json: " + "; ".join(parts))
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, assign=any(p.is_meta for p in model.parameters()))
 
 
 def holds_model(directory: str | os.PathLike) -> bool:
