@@ -42,9 +42,26 @@ def environment() -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
     }
+
+
+# The instruction sets that decide which kernels PyTorch/oneDNN run (fp32 AVX2 vs AVX-512, bf16 native or not).
+_FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags (of /proc/cpuinfo) that decide PyTorch's kernels, e.g. ['avx2', 'fma'] on an AVX2-only CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in _FLAGS_THAT_MATTER if flag in present]
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_model() -> str:
@@ -60,7 +77,8 @@ def _cpu_model() -> str:
 def print_environment(env: dict) -> None:
     print(f"cpu_count={env['cpu_count']} torch_threads={env['torch_threads']} "
           f"interop={env['torch_interop_threads']} load_average={env['load_average']} "
-          f"torch={env['torch']} cpu={env['processor']!r} {env['env'] or ''}", flush=True)
+          f"torch={env['torch']} cpu={env['processor']!r} flags={','.join(env['cpu_flags'])} {env['env'] or ''}",
+          flush=True)
 
 
 def load_now() -> str:

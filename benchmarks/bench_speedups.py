@@ -47,7 +47,7 @@ from charmt.batching import collate, encode_pairs, make_batches
 from charmt.config import ModelConfig, TrainConfig
 from charmt.decode import MAX_REPEAT_UNIT, _trim, greedy_decode
 from charmt.model import Seq2Seq
-from charmt.train import _make_optimizer
+from charmt.train import make_optimizer
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 # --- a prototype greedy decoder for the seed network ---------------------------------------------------------
@@ -319,7 +319,7 @@ def optimizer_experiment(args, config, data) -> dict:
     for foreach in (False, True):
         torch.manual_seed(0)
         model = Seq2Seq(config).train()
-        optimizer = _make_optimizer(model, TrainConfig())
+        optimizer = make_optimizer(model, TrainConfig())
         if foreach:
             for group in optimizer.param_groups:
                 group["foreach"] = True

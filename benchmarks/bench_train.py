@@ -35,7 +35,7 @@ from charmt.config import ModelConfig, TrainConfig, preset_configs
 from charmt.data import read_corpus, select
 from charmt.metrics import masked_accuracy
 from charmt.model import Seq2Seq
-from charmt.train import _make_optimizer, train, training_autocast, training_precision
+from charmt.train import make_optimizer, train, training_autocast, training_precision
 from charmt.vocab import PAD_ID, Vocab
 
 CPU = torch.device("cpu")
@@ -49,7 +49,7 @@ class CharmtTrainer:
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, data, precision: str | None = None):
         torch.manual_seed(0)
         self.model = Seq2Seq(model_config).train()
-        self.optimizer = _make_optimizer(self.model, train_config)
+        self.optimizer = make_optimizer(self.model, train_config)
         self.config, self.data = train_config, data
         self.precision = training_precision(precision or train_config.precision, CPU)
 
