@@ -2,27 +2,39 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# PyTorch's CPU-only build (a plain `pip install torch` on Linux pulls several GB of CUDA packages). For a GPU:
+# make demo TORCH_INDEX=   (PyPI's CUDA build), or TORCH_INDEX=https://download.pytorch.org/whl/cu126 etc.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test lint browser-deps bench
+.PHONY: setup setup-dev demo test test-fast lint browser-deps bench
 
 setup: $(VENV)/.installed
+setup-dev: $(VENV)/.dev-installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU wheel; a looser spec can pull several GB of CUDA packages.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
 demo: setup
 	$(BIN)/charmt demo
 
-test: setup
+test: setup-dev
 	$(BIN)/ruff check src tests benchmarks tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
-lint: setup
+# The suite without the tests marked slow (each over ~10 s: multi-process, kill -9 and resume, load, notebook).
+test-fast: setup-dev
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup-dev
 	$(BIN)/ruff check src tests benchmarks tools
 
 # Debian's Chromium for the browser test (tests/test_browser.py skips without it).
@@ -32,6 +44,6 @@ browser-deps:
 # The Keras reference (TensorFlow) lives in its own environment, never in .venv.
 bench:
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/python -m pip install -q torch==2.13.0
+	.venv-bench/bin/python -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	.venv-bench/bin/python -m pip install -q -e '.[bench]'
 	bash benchmarks/run_all.sh
