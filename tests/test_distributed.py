@@ -102,7 +102,7 @@ def test_two_processes_train_identical_weights_and_only_rank0_writes(tmp_path, d
     assert "Device: cpu x 2 processes" in done.stdout
 
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.SPLIT_FILE])
+        [ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.SPLIT_FILE, ckpt.CARD_FILE])
     assert _rank_writes(tmp_path) == []
 
     rank0, rank1 = ((tmp_path / "ranks" / f"rank{r}.txt").read_text() for r in (0, 1))

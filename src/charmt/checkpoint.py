@@ -6,6 +6,7 @@
       checkpoint.safetensors  the last checkpoint: weights, optimizer, RNG and position, for --resume
       log.jsonl            one line of metrics per epoch
       split.json           line numbers of the validation and test pairs in the data file
+      README.md            the model card: languages, data and its licence, training, validation scores
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "log.jsonl"
 SPLIT_FILE = "split.json"
+CARD_FILE = "README.md"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, SPLIT_FILE, CARD_FILE)
 
 
 @dataclass
@@ -47,6 +50,9 @@ class ModelInfo:
     target_lang: str | None = None
     max_source_length: int = 0  # longest source seen in training (characters)
     max_target_length: int = 0  # longest target seen in training (characters, without START/END)
+    # Target length / source length, at the 99.9th percentile of the training pairs: outputs are capped near
+    # length_ratio x input + 10 characters (None, for older models: 2, today's English/French rule).
+    length_ratio: float | None = None
     selection: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -66,6 +72,7 @@ class ModelInfo:
             "target_vocab": self.target_vocab.tokens,
             "max_source_length": self.max_source_length,
             "max_target_length": self.max_target_length,
+            "length_ratio": self.length_ratio,
             "selection": self.selection,
             "training": self.training,
             "data": self.data,
@@ -94,6 +101,7 @@ class ModelInfo:
                 target_lang=obj.get("target_lang"),
                 max_source_length=int(obj.get("max_source_length", 0)),
                 max_target_length=int(obj.get("max_target_length", 0)),
+                length_ratio=None if obj.get("length_ratio") is None else float(obj["length_ratio"]),
                 selection=obj.get("selection") or {},
                 training=obj.get("training") or {},
                 data=obj.get("data") or {},
@@ -291,3 +299,54 @@ def load_train_state(directory: str | os.PathLike, model: torch.nn.Module, optim
     if device.type == "cuda" and "rng.cuda" in tensors:
         torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     return state
+
+
+# --- model card -------------------------------------------------------------------------------------------
+
+
+def model_card(info: ModelInfo, history: list[dict], *, hardware: str, minutes: float, version: str) -> str:
+    """README.md of a model directory, like a Hugging Face model card: what the model translates, the data and
+    its licence with the attribution CC-BY asks for, how it was trained, and how well it did on validation."""
+    from .languages import name_of
+
+    src, tgt = info.source_lang, info.target_lang
+    data, training = info.data, info.training
+    best = next((r for r in history if r.get("best")), None)
+    scores = (f"best epoch {best['epoch']}: chrF {best['val_chrf']:.1f}, BLEU {best['val_bleu']:.1f} on "
+              f"{min(training.get('eval_sentences', 0), data.get('validation', 0))} validation sentences"
+              if best and "val_chrf" in best else "no validation set")
+    licence = data.get("licence")
+    if licence:
+        licence_text = (f"The training pairs are licensed {licence}: each line of the data file names its authors "
+                        "and sentence numbers on tatoeba.org (third column). Anyone sharing this model should "
+                        "credit the Tatoeba Project (https://tatoeba.org) and manythings.org/anki.")
+    else:
+        licence_text = ("The data file does not state its licence. Files from manythings.org/anki hold Tatoeba "
+                        "sentences under CC-BY 2.0 (France): credit the Tatoeba Project (https://tatoeba.org) when "
+                        "sharing a model trained on them.")
+    stopped = history[-1]["epoch"] if history else 0
+    rows = [
+        ("languages", f"{name_of(src)} → {name_of(tgt)} ({src or '?'} → {tgt or '?'})"),
+        ("network", f"`{info.preset}` preset: {_describe(info.model)}"),
+        ("data", f"`{Path(data.get('path', '?')).name}` (sha256 {str(data.get('sha256', '?'))[:12]}…): "
+                 f"{data.get('train', '?')} training and {data.get('validation', '?')} validation pairs"),
+        ("training", f"{stopped} epochs in {minutes:.0f} minutes on {hardware}, charmt {version}"),
+        ("validation", scores),
+        ("lengths", f"outputs capped near {info.length_ratio or 2:.2f} × input + 10 characters; inputs up to "
+                    f"{info.max_source_length} characters were seen in training"),
+    ]
+    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    return (f"# charmt model: {name_of(src)} → {name_of(tgt)}\n\n"
+            "A character-level LSTM encoder-decoder trained with charmt "
+            "(character-level recurrent sequence-to-sequence translation).\n\n"
+            f"| | |\n|---|---|\n{table}\n\n"
+            f"## Licence and attribution\n\n{licence_text}\n\n"
+            "## Use\n\n```bash\ncharmt translate THIS_DIRECTORY \"...\"\ncharmt serve THIS_DIRECTORY\n```\n")
+
+
+def _describe(model: ModelConfig) -> str:
+    inputs = f"embeddings of {model.embedding_size}" if model.embedding_size else "one-hot characters"
+    encoder = "bidirectional " if model.bidirectional else ""
+    attention = ", Luong attention" if model.attention != "none" else ""
+    return (f"{inputs}, {encoder}LSTM encoder and LSTM decoder of {model.hidden_size} units, {model.num_layers} "
+            f"layer(s){attention}, dropout {model.dropout}")

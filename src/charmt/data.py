@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import SelectionConfig
 from .errors import DataError, DownloadError
-from .vocab import normalize
+from .vocab import canonical_spaces, normalize
 
 log = logging.getLogger("charmt")
 
@@ -48,6 +48,7 @@ class Corpus:
     pairs: list[Pair]
     malformed: list[int]  # line numbers of lines that are not 2 or 3 tab-separated columns
     blank: int
+    licence: str | None = None  # what the third column says, e.g. "CC-BY 2.0 (France)" in manythings' files
 
     def report(self) -> str:
         text = f"{len(self.pairs)} pairs read from {self.path}"
@@ -74,7 +75,7 @@ def read_corpus(path: str | os.PathLike, *, reverse: bool = False) -> Corpus:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(f"{path} is not UTF-8 text (bad byte at line {line}); save it as UTF-8") from None
     lines = text.split("\n")
-    pairs, malformed, blank = [], [], 0
+    pairs, malformed, blank, licences = [], [], 0, Counter()
     for number, line in enumerate(lines, start=1):
         line = line.rstrip("\r")
         if not line.strip():
@@ -86,7 +87,10 @@ def read_corpus(path: str | os.PathLike, *, reverse: bool = False) -> Corpus:
             continue
         source, target = (columns[1], columns[0]) if reverse else (columns[0], columns[1])
         pairs.append(Pair(number, source, target))
-    corpus = Corpus(str(path), hashlib.sha256(raw).hexdigest(), len(lines), pairs, malformed, blank)
+        if len(columns) == 3:  # "CC-BY 2.0 (France) Attribution: tatoeba.org #538123 (CM) & #891077 (Martha)"
+            licences[columns[2].split(" Attribution:")[0].strip()] += 1
+    licence = licences.most_common(1)[0][0] if licences else None
+    corpus = Corpus(str(path), hashlib.sha256(raw).hexdigest(), len(lines), pairs, malformed, blank, licence)
     if not pairs:
         raise DataError(
             f"{path} holds no usable pair: expected lines of 'source<TAB>target[<TAB>attribution]'"
@@ -173,6 +177,8 @@ def select(corpus: Corpus, config: SelectionConfig) -> Selection:
         if config.max_target_length is not None and len(pair.target) > config.max_target_length:
             skipped["target too long"] += 1
             continue
+        if config.canonical_spaces:
+            pair = Pair(pair.line, canonical_spaces(pair.source), canonical_spaces(pair.target))
         if config.dedupe:
             key = _PUNCTUATION.sub("", pair.source)
             if key in seen:
@@ -242,10 +248,17 @@ def hold_out(corpus: Corpus, test_sentences: int, *, seed: int = 1) -> tuple[lis
     return train, test
 
 
-def write_pairs(path: str | os.PathLike, pairs: list[Pair]) -> None:
-    """Write pairs as a 2-column pair file (UTF-8, LF)."""
+def write_pairs(path: str | os.PathLike, pairs: list[Pair], *, reverse: bool = False) -> None:
+    """Write pairs as a 2-column pair file (UTF-8, LF); with `reverse` (pairs read with reverse=True), in the
+    file's own column order again."""
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(f"{p.source}\t{p.target}\n" for p in pairs)
+        f.writelines(f"{p.target}\t{p.source}\n" if reverse else f"{p.source}\t{p.target}\n" for p in pairs)
+
+
+def length_quantile(lengths: list[int] | list[float], q: float) -> float:
+    """The value below which a share `q` of `lengths` lies (nearest rank)."""
+    ordered = sorted(lengths)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def pairs_at_lines(corpus: Corpus, lines: list[int]) -> list[Pair]:

@@ -6,6 +6,7 @@ charmt model records ISO 639-1 codes where one exists (`fr`, `zh`), as LibreTran
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -75,3 +76,76 @@ def languages_of_file(path: str | Path) -> tuple[str, str] | None:
     if len(others) == 1:  # manythings files always hold English in the first column
         return "en", others[0]
     return None
+
+
+# --- sentences ----------------------------------------------------------------------------------------------
+
+# Scripts written without spaces between words: sentences are joined without one, and BLEU needs a tokenizer of
+# its own (or characters) to see words at all.
+_NO_SPACES = {"zh", "ja", "yue", "th", "lo", "km", "my", "bo"}
+# Sentence-final punctuation with something after it: only such a text can hold two sentences.
+_MAYBE_SEVERAL = re.compile(r"[.!?…。！？｡‼⁇⁈⁉؟।॥።][^\w]*\s*\w")
+
+
+def split_sentences(text: str, lang: str | None = "en") -> list[str]:
+    """The sentences of a paragraph in language `lang`, stripped; abbreviations ("Mr. Smith", "z. B.") and numbers
+    ("3.5") do not end a sentence, and 。！？ do without a space after them.
+
+    pySBD for the 23 languages it knows (it measured best: benchmarks/measure_splitting.py), sentencex for the
+    others (about 300 languages); a text without a sentence end inside it is returned as it is, unsplit.
+    """
+    text = text.strip()
+    if not text:
+        return []
+    if not _MAYBE_SEVERAL.search(text):
+        return [text]
+    base = (lang or "en").split("-")[0]
+    return [s.strip() for s in _segmenter(base)(text) if s.strip()] or [text]
+
+
+@functools.cache
+def _segmenter(lang: str):
+    import pysbd
+
+    if lang in pysbd.languages.LANGUAGE_CODES:
+        return pysbd.Segmenter(language=lang, clean=False).segment
+    from sentencex import segment
+
+    return functools.partial(segment, lang)
+
+
+def join_sentences(sentences: list[str], lang: str | None) -> str:
+    """Sentences of `lang` written one after the other: with a space, or without one for scripts that use none."""
+    return ("" if (lang or "").split("-")[0] in _NO_SPACES else " ").join(sentences)
+
+
+# --- scores ---------------------------------------------------------------------------------------------------
+
+
+def bleu_tokenizer(lang: str | None) -> tuple[str, str | None]:
+    """sacrebleu's tokenizer for BLEU on text in `lang`, and a note when a better one is not installed.
+
+    BLEU counts words; Chinese and Japanese write none apart, so the default tokenizer would see one "word" per
+    sentence: "zh" segments Chinese, "ja-mecab" Japanese (MeCab, `pip install 'charmt[ja]'`), "char" the rest.
+    """
+    base = (lang or "").split("-")[0]
+    if base in ("zh", "yue"):
+        return "zh", None
+    if base == "ja":
+        if _mecab_works():
+            return "ja-mecab", None
+        return "char", "Japanese BLEU on characters (install MeCab for word BLEU: pip install 'charmt[ja]')"
+    if base in _NO_SPACES:
+        return "char", None
+    return "13a", None
+
+
+@functools.cache
+def _mecab_works() -> bool:
+    try:
+        from sacrebleu.tokenizers.tokenizer_ja_mecab import TokenizerJaMecab
+
+        TokenizerJaMecab()
+        return True
+    except (ImportError, RuntimeError, OSError):
+        return False

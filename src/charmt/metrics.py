@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .vocab import collapse_whitespace
+
 
 def masked_accuracy(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
     """Share of positions where argmax(scores) == targets, counting only positions where mask is True.
@@ -27,15 +29,16 @@ def masked_accuracy(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
 class Scores:
     chrf: float
     bleu: float
-    exact_match: float  # share of hypotheses equal to one of their references
+    exact_match: float  # share of hypotheses equal to one of their references (whitespace aside)
     sentences: int
 
     def to_dict(self) -> dict:
         return {"chrf": self.chrf, "bleu": self.bleu, "exact_match": self.exact_match, "sentences": self.sentences}
 
 
-def score_translations(hypotheses: list[str], references: list[list[str]]) -> Scores:
-    """chrF and BLEU (sacrebleu defaults) where references[i] holds every reference of hypothesis i."""
+def score_translations(hypotheses: list[str], references: list[list[str]], *, tokenize: str = "13a") -> Scores:
+    """chrF and BLEU (sacrebleu's defaults; BLEU with the tokenizer `tokenize`, see languages.bleu_tokenizer) where
+    references[i] holds every reference of hypothesis i."""
     import sacrebleu
 
     if len(hypotheses) != len(references):
@@ -46,8 +49,9 @@ def score_translations(hypotheses: list[str], references: list[list[str]]) -> Sc
     # sacrebleu takes one stream per reference position; None marks "no further reference for this sentence".
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
     chrf = sacrebleu.corpus_chrf(hypotheses, streams).score
-    bleu = sacrebleu.corpus_bleu(hypotheses, streams).score
-    exact = sum(h.strip() in {r.strip() for r in refs} for h, refs in zip(hypotheses, references))
+    bleu = sacrebleu.corpus_bleu(hypotheses, streams, tokenize=tokenize).score
+    exact = sum(collapse_whitespace(h) in {collapse_whitespace(r) for r in refs}
+                for h, refs in zip(hypotheses, references))
     return Scores(chrf, bleu, exact / len(hypotheses), len(hypotheses))
 
 

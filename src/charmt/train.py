@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import platform
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +31,7 @@ from . import checkpoint as ckpt
 from .batching import EncodedPairs, collate, encode_pairs, epoch_items, make_batches
 from .checkpoint import TrainState
 from .config import ModelConfig, SelectionConfig, TrainConfig, preset_configs
-from .data import Pair, read_corpus, references_by_source, select
+from .data import Pair, length_quantile, read_corpus, references_by_source, select
 from .decode import Translator
 from .errors import ConfigError, DataError
 from .evaluate import teacher_forced_metrics
@@ -42,6 +43,11 @@ from .vocab import PAD_ID, Vocab
 log = logging.getLogger("charmt")
 
 Callback = Callable[[str, dict], None]
+# "Short" sources are the shortest 18% of the training sources: 20 characters in the English of every Tatoeba
+# file measured (benchmarks/RESULTS.md), 7 in Chinese.
+SHORT_SOURCE_SHARE = 0.18
+# The output cap's ratio: 99.9% of the training pairs have a target at most this many times their source.
+LENGTH_RATIO_QUANTILE = 0.999
 
 
 @dataclass
@@ -161,6 +167,28 @@ def _process_group(device: torch.device) -> Iterator[tuple[int, int, torch.devic
                 dist.destroy_process_group()
 
 
+def hardware_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with the instruction sets that decide PyTorch's kernels."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name, flags = platform.processor() or platform.machine(), []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present]
+                break
+    return f"{name} ({os.cpu_count()} cores{', ' + ', '.join(flags) if flags else ''})"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _max_over_ranks(value: float, world: int, device: torch.device) -> float:
     """The largest of the processes' values, on every process (so that they all take the same decisions)."""
     if world == 1:
@@ -229,6 +257,7 @@ class _Run:
                  device: torch.device, precision: str, notify: Callback):
         self.out_dir, self.cfg, self.rank, self.world, self.device = out_dir, train_config, rank, world, device
         self.precision, self.notify = precision, notify
+        self.hardware = f"{hardware_name(device)} in {precision}"
         # Read and select before touching out_dir: bad data never costs an existing model.
         corpus = read_corpus(data_path, reverse=selection.reverse)
         # Checked before selecting: another file could fail the selection with a misleading message.
@@ -241,9 +270,15 @@ class _Run:
         if stored is not None:
             source_vocab, target_vocab = stored.source_vocab, stored.target_vocab
         else:
-            source_vocab = Vocab.build(p.source for p in chosen.all_pairs)
-            target_vocab = Vocab.build(p.target for p in chosen.all_pairs)
-        summary = {**chosen.summary(), "source_vocab": len(source_vocab), "target_vocab": len(target_vocab)}
+            source_vocab = Vocab.build((p.source for p in chosen.all_pairs), selection.min_char_count)
+            target_vocab = Vocab.build((p.target for p in chosen.all_pairs), selection.min_char_count)
+        # Length rules follow this data: "short" sources, and the output cap (Chinese -> English needs 4-7x).
+        self.short_length = train_config.short_source_length or int(
+            length_quantile([len(p.source) for p in chosen.train], SHORT_SOURCE_SHARE))
+        length_ratio = round(length_quantile([len(p.target) / max(len(p.source), 1) for p in chosen.train],
+                                             LENGTH_RATIO_QUANTILE), 3)
+        summary = {**chosen.summary(), "source_vocab": len(source_vocab), "target_vocab": len(target_vocab),
+                   "short_source_length": self.short_length}
         if rank == 0:
             notify("selection", {"corpus": corpus.report(), **summary})
         source_lang, target_lang = model_languages(data_path, selection)
@@ -252,9 +287,9 @@ class _Run:
             source_vocab=source_vocab, target_vocab=target_vocab, preset=preset,
             source_lang=source_lang, target_lang=target_lang,
             max_source_length=max(len(p.source) for p in chosen.train),
-            max_target_length=max(len(p.target) for p in chosen.train),
+            max_target_length=max(len(p.target) for p in chosen.train), length_ratio=length_ratio,
             selection=asdict(selection), training=asdict(train_config),
-            data={"path": str(data_path), "sha256": corpus.sha256, **summary},
+            data={"path": str(data_path), "sha256": corpus.sha256, "licence": corpus.licence, **summary},
         )
         self.split = {"data": str(data_path), "sha256": corpus.sha256, "train": len(chosen.train),
                       "validation": [p.line for p in chosen.validation], "test": [p.line for p in chosen.test]}
@@ -267,7 +302,7 @@ class _Run:
         eval_pairs, eval_refs = references_by_source(chosen.validation)
         self.eval_pairs, self.eval_refs = eval_pairs[: train_config.eval_sentences], \
             eval_refs[: train_config.eval_sentences]
-        self.items = epoch_items(self.train_data, train_config.short_repeats, train_config.short_source_length)
+        self.items = epoch_items(self.train_data, train_config.short_repeats, self.short_length)
         self.steps_per_epoch = math.ceil(len(self.items) / train_config.batch_size) // world
         if self.steps_per_epoch == 0:  # a process without a batch would leave the others waiting in all-reduce
             raise ConfigError(f"{len(self.train_data)} training pairs make fewer batches of {train_config.batch_size} "
@@ -295,7 +330,7 @@ class _Run:
         self.time_used = state.elapsed / self.budget if self.budget else 0.0  # the same on every process
         self.last_checkpoint = time.monotonic()
         stopped = "epochs"
-        while state.epoch < cfg.epochs:
+        while not cfg.epochs or state.epoch < cfg.epochs:
             out_of_time = self._train_epoch()
             stop, reason = self._end_epoch(out_of_time)
             if stop:
@@ -316,12 +351,12 @@ class _Run:
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + state.epoch)
         batches = make_batches(self.train_data, cfg.batch_size, generator, cfg.bucket, self.items)
         batches = batches[: self.steps_per_epoch * self.world][self.rank :: self.world]
-        total_steps = self.steps_per_epoch * cfg.epochs
+        total_steps = self.steps_per_epoch * cfg.epochs or math.inf  # epochs 0: the clock alone sets progress
         autocast = training_autocast(self.precision, self.device)
         epoch_start, pairs_done, first_step = time.monotonic(), 0, state.step_in_epoch
         self.model.train()
         for step in range(first_step, len(batches)):
-            progress = max(state.global_step / total_steps, self.time_used if self.budget else 0.0)
+            progress = max(state.global_step / total_steps, self.time_used)
             lr = learning_rate(cfg, state.global_step, progress, state.plateau_factor)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -381,6 +416,9 @@ class _Run:
             state.history.append(record)
             self._write_output()
             _write_log(self.out_dir, state.history)
+            card = ckpt.model_card(self.info, state.history, hardware=self.hardware, version=_version(),
+                                   minutes=(time.monotonic() - self.clock) / 60)
+            ckpt.atomic_write(self.out_dir / ckpt.CARD_FILE, card.encode("utf-8"))
             self.notify("epoch", record)
             if cfg.patience and state.stale_epochs >= cfg.patience:
                 stop, stopped = True, "early stopping"
@@ -416,7 +454,7 @@ class _Run:
             raise ConfigError(f"cannot create the model directory {self.out_dir} ({err.strerror}); "
                               "choose another --out") from None
         _remove_stale_temporaries(self.out_dir)
-        for stale in (ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE):  # of the model being replaced
+        for stale in (ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.CARD_FILE):  # of the model replaced
             (self.out_dir / stale).unlink(missing_ok=True)
         ckpt.write_json(self.out_dir / ckpt.CONFIG_FILE, self.info.to_json())
         ckpt.write_json(self.out_dir / ckpt.SPLIT_FILE, self.split)
@@ -444,7 +482,7 @@ def _validate(translator: Translator, valid_data: EncodedPairs, eval_pairs: list
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
     """Remove the temporary files of atomic writes cut short by a kill -9 (which skips their cleanup)."""
-    for name in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.SPLIT_FILE):
+    for name in ckpt.MODEL_FILES:
         for stale in out_dir.glob(f".{name}.*.tmp"):
             stale.unlink(missing_ok=True)
 

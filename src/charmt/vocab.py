@@ -6,7 +6,9 @@ its "masked" accuracy masked nothing). START is the tab and END the newline, as 
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 
 PAD = "<pad>"
@@ -22,6 +24,23 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+# Spaces that look like a plain space: no-break (U+00A0), narrow no-break (U+202F, French before ? ! : ;), thin,
+# figure, punctuation and hair spaces. The ideographic space U+3000 is a character of its own and stays.
+_TYPOGRAPHIC_SPACES = re.compile("[\u00a0\u2007\u2008\u2009\u200a\u202f\u205f]")
+
+
+def canonical_spaces(text: str) -> str:
+    """`text` with every typographic space as a plain space (the French file writes "gare ?" with any of three
+    spaces, which a model would otherwise learn as three invisible variants)."""
+    return _TYPOGRAPHIC_SPACES.sub(" ", text)
+
+
+def collapse_whitespace(text: str) -> str:
+    """`text` with each run of whitespace (of any kind) as one plain space and none at the ends: texts that differ
+    only in their whitespace become equal."""
+    return " ".join(text.split())
+
+
 class Vocab:
     """Maps characters to ids. `tokens[i]` is the character (or special token) with id i."""
 
@@ -34,11 +53,12 @@ class Vocab:
             raise ValueError("a vocabulary must not list a token twice")
 
     @classmethod
-    def build(cls, texts: Iterable[str]) -> Vocab:
-        chars: set[str] = set()
+    def build(cls, texts: Iterable[str], min_count: int = 1) -> Vocab:
+        """The characters of `texts` seen at least `min_count` times; rarer ones will be encoded as UNK."""
+        counts: Counter[str] = Counter()
         for text in texts:
-            chars.update(normalize(text))
-        chars -= {START, END}  # they only ever appear as the markers
+            counts.update(normalize(text))
+        chars = {ch for ch, n in counts.items() if n >= min_count} - {START, END}  # they only ever are the markers
         return cls(list(SPECIALS) + sorted(chars))
 
     def __len__(self) -> int:
