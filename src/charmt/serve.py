@@ -92,7 +92,7 @@ class ServedModel:
 
     @property
     def has_attention(self) -> bool:
-        return self.translator.model.config.attention != "none"
+        return self.translator.info.model.attention != "none"
 
     def memory_mb(self) -> float:
         """Weights and buffers of the model (what each further model adds, less PyTorch's own caches)."""
