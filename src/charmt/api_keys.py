@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import ConfigError
 from .serve import Refusal
@@ -48,7 +49,7 @@ class ApiKeys:
     @classmethod
     def read(cls, path: str | os.PathLike) -> ApiKeys:
         try:
-            lines = open(path, encoding="utf-8").read().splitlines()
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"cannot read the API key file {path}: {getattr(err, 'strerror', None) or err}") from None
         keys: dict[str, KeyLimits] = {}
