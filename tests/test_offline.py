@@ -113,14 +113,17 @@ def test_serve_app_offline(network, tiny_model_dir):
     from fastapi.testclient import TestClient
 
     from charmt.decode import Translator
-    from charmt.serve import create_app
+    from charmt.serve import ServedModel, create_app
 
-    app = create_app(Translator.load(tiny_model_dir, device="cpu"), name="tiny")
+    app = create_app([ServedModel(Translator.load(tiny_model_dir, device="cpu"), "tiny", "en", "fr")])
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         page = client.get("/")
         assert page.status_code == 200
-        translated = client.post("/translate", json={"texts": ["She eats the bread.", ""], "beam": 2})
+        translated = client.post("/api/translate", json={"texts": ["She eats the bread.", ""], "beam": 2})
         assert translated.status_code == 200 and len(translated.json()["translations"]) == 2
-        assert client.post("/attention", json={"text": "Hi!"}).status_code == 200
+        assert client.post("/api/attention", json={"text": "Hi!"}).status_code == 200
+        libre = client.post("/translate", data={"q": "Hi!", "source": "auto", "target": "fr", "alternatives": "1"})
+        assert libre.status_code == 200 and libre.json()["detectedLanguage"]["language"] == "en"
+        assert client.get("/languages").status_code == 200
     assert network == []

@@ -339,16 +339,19 @@ def cmd_download(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .decode import Translator
-    from .serve import create_app, serve
+    from .serve import create_app, load_models, serve
 
-    translator = Translator.load(args.model, device=args.device)
-    app = create_app(translator, name=Path(args.model).resolve().name, max_texts=args.max_texts,
-                     max_chars=args.max_chars)
+    api_keys = None
+    if args.api_keys:
+        from .api_keys import ApiKeys
+
+        api_keys = ApiKeys.read(args.api_keys)
+    models = load_models(args.models, device=args.device)
+    app = create_app(models, max_texts=args.max_texts, max_chars=args.max_chars, beam=args.beam, api_keys=api_keys)
 
     def ready(url: str) -> None:
-        _say(f"Serving {args.model} ({translator.device}) on {url} - the web page is there, the API docs at "
-             f"{url}/docs; Ctrl+C stops")
+        served = ", ".join(f"{m.name} ({m.source}->{m.target}, {m.translator.device})" for m in models)
+        _say(f"Serving {served} on {url} - the web page is there, the API docs at {url}/docs; Ctrl+C stops")
 
     try:
         serve(app, args.host, args.port, log_level="warning" if args.quiet else "info", on_ready=ready)
@@ -487,12 +490,19 @@ def _args_plot(p: argparse.ArgumentParser) -> None:
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:
-    from .serve import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS
+    from .serve import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM
 
-    p.add_argument("model", help="model directory")
+    p.add_argument("models", nargs="+", metavar="MODEL_DIR",
+                   help="model directories, one per language pair, or a directory of them; DIR=SRC:TGT gives the "
+                        "languages of a model whose config.json does not name them")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1, this machine only; there is no authentication)")
+                   help="address to listen on (default: 127.0.0.1, this machine only; elsewhere, give --api-keys)")
     p.add_argument("--port", type=int, default=8000, help="port, 0 for any free one (default: 8000)")
+    p.add_argument("--api-keys", metavar="FILE",
+                   help="accept only requests with one of these keys: one a line, KEY [REQUESTS_PER_MINUTE "
+                        "[CHARACTERS_PER_REQUEST]] (default: no key needed)")
+    p.add_argument("--beam", type=int, default=1,
+                   help=f"beam size of LibreTranslate's /translate, 1 to {MAX_BEAM} (default: 1, greedy)")
     p.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
                    help=f"texts per request (default: {DEFAULT_MAX_TEXTS})")
     p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
@@ -513,7 +523,8 @@ COMMANDS = [
     ("import-keras", "convert the Keras example's saved s2s_model.keras into a model directory", _args_import_keras,
      cmd_import_keras),
     ("plot", "draw a model's training curves (loss, accuracy, chrF) into a PNG", _args_plot, cmd_plot),
-    ("serve", "HTTP API and web page for translating with a model", _args_serve, cmd_serve),
+    ("serve", "LibreTranslate-compatible HTTP API, charmt's own API and a web page for several models", _args_serve,
+     cmd_serve),
 ]
 
 

@@ -1,30 +1,40 @@
-"""`charmt serve`: an HTTP API (FastAPI) and a small web page for translating with one loaded model.
+"""`charmt serve`: one server for several models, one per language pair, behind two HTTP APIs and a web page.
 
-    POST /translate   {"texts": [...], "beam": 1} -> {"translations": [...], "warnings": [...], ...}
-    POST /attention   {"text": "..."} -> source and output characters and their attention weights
-    GET  /health      model name, device and the server's limits
-    GET  /            the web page (src/charmt/static), which only ever talks to this server
+    LibreTranslate's API (libretranslate.py)   POST /translate, GET|POST /languages, POST /detect,
+                                               GET /frontend/settings: what LibreTranslate's clients talk to
+    charmt's own API (api.py)                  POST /api/translate (beam, n-best), POST /api/attention
+    GET /health                                status, the models (memory, load time) and the server's limits
+    GET /                                      the web page (src/charmt/static), which only talks to this server
 
-Concurrent requests are gathered into one model batch by `_Batcher`, and the model runs in one thread at a time.
-FastAPI and uvicorn are imported inside the functions that need them (`pip install 'charmt[serve]'`).
+Each model is loaded once. Concurrent requests for a model are gathered into one model call by its `_Batcher`;
+one thread runs the model calls of every model, one call at a time. This module imports neither PyTorch nor
+FastAPI (the command line reads its defaults); `create_app` imports them (`pip install 'charmt[serve]'`).
 """
+
+from __future__ import annotations
 
 import asyncio
 import collections
 import ipaddress
 import logging
+import os
+import re
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CharmtError, ConfigError
+from .errors import CharmtError, ConfigError, ModelFormatError
+from .languages import check_code, is_rtl, name_of
 
-if TYPE_CHECKING:  # imported where used: `charmt serve --help` needs no PyTorch
-    from .decode import Translator
+if TYPE_CHECKING:
+    from .api_keys import ApiKeys
+    from .decode import Hypothesis, Translator
 
 log = logging.getLogger("charmt")
 
@@ -43,22 +53,140 @@ PAGE_HEADERS = {
 }
 
 
+class Refusal(CharmtError):
+    """A request the server answers with an HTTP error status; each API words the body its own way."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A piece of a request, safe to quote in an answer: shortened, lone surrogates escaped (no UTF-8 for them)."""
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _install_hint(err: ImportError) -> ConfigError:
     return ConfigError(f"charmt serve needs FastAPI and uvicorn ({err.name} is missing): pip install 'charmt[serve]'")
+
+
+# --- the models -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    """One loaded model and the language pair it serves."""
+
+    translator: Translator
+    name: str
+    source: str
+    target: str
+    load_s: float = 0.0  # seconds `Translator.load` took
+    batcher: _Batcher | None = field(default=None, repr=False)  # set by create_app
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.source, self.target
+
+    @property
+    def has_attention(self) -> bool:
+        return self.translator.info.model.attention != "none"
+
+    def memory_mb(self) -> float:
+        """Weights and buffers of the model (what each further model adds, less PyTorch's own caches)."""
+        tensors = [*self.translator.model.parameters(), *self.translator.model.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "target": self.target,
+                "source_name": name_of(self.source), "target_name": name_of(self.target),
+                "source_rtl": is_rtl(self.source), "target_rtl": is_rtl(self.target), "attention": self.has_attention,
+                "device": str(self.translator.device), "memory_mb": round(self.memory_mb(), 2),
+                "load_s": round(self.load_s, 3)}
+
+
+_PAIR = re.compile(r"(?P<path>.+)=(?P<source>[^=:/\\]+):(?P<target>[^=:/\\]+)")
+
+
+def _parse_spec(spec: str) -> tuple[Path, tuple[str, str] | None]:
+    """`DIR` or `DIR=SRC:TGT` (languages for a model whose config.json does not name them)."""
+    match = _PAIR.fullmatch(spec)
+    if match is None or Path(spec).exists():
+        return Path(spec), None
+    return Path(match["path"]), (check_code(match["source"]), check_code(match["target"]))
+
+
+def find_models(specs: list[str]) -> list[tuple[Path, tuple[str, str]]]:
+    """(model directory, (source, target)) for each `DIR[=SRC:TGT]`; a directory that is not a model but holds
+    models stands for all of them. Refuses models without language codes and two models for one pair."""
+    from .checkpoint import is_model_dir, load_info
+
+    found: list[tuple[Path, tuple[str, str]]] = []
+    for spec in specs:
+        path, pair = _parse_spec(spec)
+        inside = sorted(p for p in path.iterdir() if is_model_dir(p)) if path.is_dir() and not is_model_dir(path) \
+            else [path]
+        if not inside:
+            raise ModelFormatError(f"{path} is neither a model directory nor a directory of model directories")
+        if pair is not None and len(inside) > 1:
+            raise ConfigError(f"{spec}: =SOURCE:TARGET names the pair of one model; put it after a model directory")
+        for directory in inside:
+            info = load_info(directory)
+            codes = pair or (info.source_lang, info.target_lang)
+            if None in codes:
+                raise ConfigError(f"{directory} does not say which languages it translates (its training file's name "
+                                  "did not say them): serve it as DIR=SOURCE:TARGET, e.g. "
+                                  f"{directory}=en:fr, or train it with --source-lang and --target-lang")
+            found.append((directory, codes))
+    pairs: dict[tuple[str, str], Path] = {}
+    for directory, pair in found:
+        if pair in pairs:
+            raise ConfigError(f"{pairs[pair]} and {directory} both translate {pair[0]} to {pair[1]}; serve one model "
+                              "per language pair")
+        pairs[pair] = directory
+    return found
+
+
+def load_models(specs: list[str], device: str = "auto") -> list[ServedModel]:
+    """Load each model of `specs` (see `find_models`) once, timing it."""
+    from .decode import Translator
+
+    models = []
+    for directory, (source, target) in find_models(specs):
+        start = time.perf_counter()
+        translator = Translator.load(directory, device=device)
+        models.append(ServedModel(translator, directory.resolve().name, source, target,
+                                  load_s=time.perf_counter() - start))
+    return models
+
+
+def process_rss_mb() -> float | None:
+    """This process's resident memory (Linux), else None."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# --- batching ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class _Job:
     texts: list[str]
     beam: int
+    n_best: int
     future: asyncio.Future
 
 
 class _Batcher:
     """Gathers the requests that arrive within a few milliseconds (or while the model is busy) into one
-    `Translator.translate` call per beam size, run in the single model thread, and hands each its results."""
+    `Translator.translate_n_best` call per beam size, run in the model thread, and hands each its results."""
 
-    def __init__(self, translator: "Translator", executor: ThreadPoolExecutor, *, wait_s: float = BATCH_WAIT_S,
+    def __init__(self, translator: Translator, executor: ThreadPoolExecutor, *, wait_s: float = BATCH_WAIT_S,
                  max_batch_texts: int = MAX_BATCH_TEXTS):
         self.translator, self.executor = translator, executor
         self.wait_s, self.max_batch_texts = wait_s, max_batch_texts
@@ -67,13 +195,14 @@ class _Batcher:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def translate(self, texts: list[str], beam: int) -> list[str]:
+    async def translate(self, texts: list[str], beam: int = 1, n_best: int = 1) -> list[list[Hypothesis]]:
+        """Up to `n_best` hypotheses per text, best first (n_best <= beam)."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
             # One worker per event loop: a test client may run each request in a fresh loop.
             self._loop, self._pending, self._wake = loop, collections.deque(), asyncio.Event()
             self._task = loop.create_task(self._work())
-        job = _Job(texts, beam, loop.create_future())
+        job = _Job(texts, beam, n_best, loop.create_future())
         self._pending.append(job)
         self._wake.set()
         return await job.future
@@ -110,10 +239,11 @@ class _Batcher:
 
     async def _run(self, jobs: list[_Job], beam: int) -> None:
         texts = [text for job in jobs for text in job.texts]
+        n_best = max(job.n_best for job in jobs)  # beam search finds the same best ones whatever n_best asks
         loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(
-                self.executor, lambda: self.translator.translate(texts, beam=beam, batch_size=self.max_batch_texts))
+            results = await loop.run_in_executor(self.executor, lambda: self.translator.translate_n_best(
+                texts, beam=beam, n_best=n_best, batch_size=self.max_batch_texts, warn=False))
         except Exception as err:  # reaches the requests' handlers, which answer for it
             for job in jobs:
                 if not job.future.done():
@@ -122,163 +252,118 @@ class _Batcher:
         start = 0
         for job in jobs:
             if not job.future.done():
-                job.future.set_result(results[start : start + len(job.texts)])
+                job.future.set_result([hyps[: job.n_best] for hyps in results[start : start + len(job.texts)]])
             start += len(job.texts)
 
 
-def create_app(translator: "Translator", *, name: str = "model", max_texts: int = DEFAULT_MAX_TEXTS,
-               max_chars: int = DEFAULT_MAX_CHARS, batch_wait_s: float = BATCH_WAIT_S):
-    """The FastAPI application serving `translator`; run it with uvicorn, or `serve`."""
-    from .decode import attention_weights
+# --- the server's state, shared by both APIs --------------------------------------------------------------
 
+
+@dataclass
+class Server:
+    """What the request handlers share (`request.app.state.server`)."""
+
+    models: list[ServedModel]
+    max_texts: int = DEFAULT_MAX_TEXTS
+    max_chars: int = DEFAULT_MAX_CHARS
+    beam: int = 1  # the LibreTranslate API's beam size (its requests cannot choose one)
+    api_keys: ApiKeys | None = None
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="charmt-model"))
+
+    def model_for(self, source: str, target: str) -> ServedModel | None:
+        return next((m for m in self.models if m.pair == (source, target)), None)
+
+    def pairs_text(self) -> str:
+        return ", ".join(f"{m.source}->{m.target}" for m in self.models)
+
+    def check_key(self, api_key: object) -> None:
+        """With --api-keys: refuse a missing or unknown key, or one over its rate (see api_keys.py)."""
+        if self.api_keys is not None:
+            self.api_keys.check(api_key)
+
+    def check_key_chars(self, api_key: object, chars: int) -> None:
+        if self.api_keys is not None:
+            self.api_keys.check_chars(api_key, chars)
+
+    def check_texts(self, texts: list[str]) -> None:
+        """The server's own limits (--max-texts, --max-chars), as 413 with a remedy."""
+        if len(texts) > self.max_texts:
+            raise Refusal(413, f"{len(texts)} texts in one request; this server accepts at most {self.max_texts} "
+                               "(--max-texts); send them in several requests")
+        for i, text in enumerate(texts):
+            if len(text) > self.max_chars:
+                which = "text" if len(texts) == 1 else f"text {i}"
+                raise Refusal(413, f"{which} has {len(text)} characters; this server accepts at most {self.max_chars} "
+                                   "per text (--max-chars); split it into shorter texts")
+
+    def health(self) -> dict:
+        rss = process_rss_mb()
+        return {"status": "ok", "models": [m.describe() for m in self.models], "max_texts": self.max_texts,
+                "max_chars": self.max_chars, "max_beam": MAX_BEAM, "beam": self.beam,
+                "api_keys": self.api_keys is not None, "rss_mb": None if rss is None else round(rss, 1)}
+
+
+# --- the application --------------------------------------------------------------------------------------
+
+
+def create_app(models: list[ServedModel], *, max_texts: int = DEFAULT_MAX_TEXTS, max_chars: int = DEFAULT_MAX_CHARS,
+               beam: int = 1, api_keys: ApiKeys | None = None, batch_wait_s: float = BATCH_WAIT_S):
+    """The FastAPI application serving `models` (one per language pair); run it with uvicorn, or `serve`."""
     try:
-        from fastapi import FastAPI, Request
+        from fastapi import FastAPI
         from fastapi.exceptions import RequestValidationError
-        from fastapi.responses import JSONResponse, Response
-        from pydantic import BaseModel, ConfigDict, Field
+
+        from . import api, libretranslate
     except ImportError as err:
         raise _install_hint(err) from None
     if max_texts < 1 or max_chars < 1:
         raise ConfigError("--max-texts and --max-chars must be at least 1")
-
-    static = resources.files("charmt") / "static"
-    pages = {file: static.joinpath(file).read_bytes() for file in STATIC_FILES}
-    has_attention = translator.model.config.attention != "none"
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charmt-model")  # one model call at a time
-    batcher = _Batcher(translator, executor, wait_s=batch_wait_s)
-    # JSON escapes take at most 12 bytes per character (a surrogate pair); anything longer is over a limit anyway.
-    max_body = max_texts * (12 * max_chars + 8) + 4096
-
-    class TranslateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        texts: list[str] = Field(description=f"texts to translate, at most {max_texts}, each at most {max_chars} "
-                                             "characters; a text of several sentences is split and rejoined")
-        beam: int = Field(1, ge=1, le=MAX_BEAM, description="beam size, 1 for greedy decoding")
-
-    class TranslateResponse(BaseModel):
-        translations: list[str]
-        model: str
-        device: str
-        beam: int
-        warnings: list[str]
-
-    class AttentionRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        text: str = Field(description="one sentence (it is not split)")
-
-    class AttentionResponse(BaseModel):
-        source: list[str] = Field(description="source characters (columns)")
-        output: list[str] = Field(description="output characters (rows)")
-        weights: list[list[float]] = Field(description="weights[i][j]: attention of output i on source j")
-        translation: str
-        warnings: list[str]
-
-    class Error(BaseModel):
-        detail: str
+    if not 1 <= beam <= MAX_BEAM:
+        raise ConfigError(f"--beam must be between 1 and {MAX_BEAM}, got {beam}")
+    if not models:
+        raise ConfigError("give at least one model directory to serve")
+    pairs = [m.pair for m in models]
+    if len(set(pairs)) < len(pairs):
+        raise ConfigError("two models translate the same language pair; serve one model per pair")
+    server = Server(list(models), max_texts=max_texts, max_chars=max_chars, beam=beam, api_keys=api_keys)
+    for model in server.models:
+        model.batcher = _Batcher(model.translator, server.executor, wait_s=batch_wait_s)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        await batcher.close()
+        for model in server.models:
+            await model.batcher.close()
 
     app = FastAPI(title="charmt", version=_version(), lifespan=lifespan,
-                  description="Character-level seq2seq translation. Limits: see GET /health.")
-    app.state.batcher = batcher
+                  description=api.DESCRIPTION)
+    app.state.server = server
+    app.add_middleware(_LimitBody, max_body=_max_body(max_texts, max_chars))
+    app.add_exception_handler(Refusal, _refusal)
+    app.add_exception_handler(CharmtError, _refusal)  # from the model: 400, with its remedy
+    app.add_exception_handler(RequestValidationError, api.invalid_request)
 
-    def error(status: int, detail: str) -> JSONResponse:
-        return JSONResponse({"detail": detail}, status_code=status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # One readable line, without echoing the input (it may not even be encodable as UTF-8).
-        problems = []
-        for e in exc.errors():
-            if e.get("type") == "json_invalid":
-                problems.append(f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')})")
-                continue
-            where = ".".join(str(part) for part in e.get("loc", ()) if part != "body") or "body"
-            problems.append(f"{where}: {e.get('msg', 'invalid')}")
-        detail = "invalid request: " + "; ".join(problems)
-        return JSONResponse({"detail": detail.encode("utf-8", "backslashreplace").decode("utf-8")}, status_code=422)
-
-    @app.exception_handler(CharmtError)
-    async def charmt_error(request: Request, exc: CharmtError) -> JSONResponse:
-        return error(400, str(exc))
-
-    class LimitBody:  # plain ASGI: refuses a declared oversized body before anything reads it
-        def __init__(self, app):
-            self.app = app
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] == "http":
-                length = dict(scope["headers"]).get(b"content-length", b"")
-                if length.isdigit() and int(length) > max_body:
-                    response = error(413, f"request body of {int(length)} bytes is larger than this server accepts "
-                                          f"({max_body}); send at most {max_texts} texts of at most {max_chars} "
-                                          "characters")
-                    return await response(scope, receive, send)
-            return await self.app(scope, receive, send)
-
-    app.add_middleware(LimitBody)
-
-    def check_text(text: str, index: int | None = None) -> JSONResponse | None:
-        if len(text) > max_chars:
-            which = "text" if index is None else f"text {index}"
-            return error(413, f"{which} has {len(text)} characters; this server accepts at most {max_chars} per text "
-                              "(--max-chars); split it into shorter texts")
-        return None
-
-    limits = {400: {"model": Error, "description": "a body that cannot be read, or an error from the model"},
-              413: {"model": Error, "description": "too many texts, or a text too long"},
-              422: {"model": Error, "description": "invalid request body"}}
-
-    @app.post("/translate", response_model=TranslateResponse, responses=limits)
-    async def translate(request: TranslateRequest):
-        """Translate `texts` in order; blank texts give empty translations."""
-        if len(request.texts) > max_texts:
-            return error(413, f"{len(request.texts)} texts in one request; this server accepts at most {max_texts} "
-                              "(--max-texts); send them in several requests")
-        for i, text in enumerate(request.texts):
-            if (too_long := check_text(text, i)) is not None:
-                return too_long
-        translations = await batcher.translate(request.texts, request.beam) if request.texts else []
-        return TranslateResponse(translations=translations, model=name, device=str(translator.device),
-                                 beam=request.beam, warnings=translator.input_warnings(request.texts))
-
-    @app.post("/attention", response_model=AttentionResponse,
-              responses={**limits, 409: {"model": Error, "description": "the model has no attention"}})
-    async def attention(request: AttentionRequest):
-        """Greedy-decode one sentence and return the attention weights of each output character."""
-        if not has_attention:
-            return error(409, f"model {name!r} has no attention weights to show (it was trained with "
-                              "--attention none); serve a model trained with --attention luong")
-        if (too_long := check_text(request.text)) is not None:
-            return too_long
-        if not request.text.split():
-            return error(422, "text is empty: give one sentence")
-        loop = asyncio.get_running_loop()
-        source, output, weights = await loop.run_in_executor(executor, attention_weights, translator, request.text)
-        source = [ch if not 0xD800 <= ord(ch) <= 0xDFFF else "\ufffd" for ch in source]  # lone surrogates: no UTF-8
-        warnings = translator.input_warnings([request.text], split=False)
-        return AttentionResponse(source=source, output=output, weights=[[round(w, 4) for w in row] for row in weights],
-                                 translation="".join(output), warnings=warnings)
-
-    @app.get("/health")
-    async def health():
-        """Liveness, the model and the server's limits (the web page reads them)."""
-        return {"status": "ok", "model": name, "device": str(translator.device), "attention": has_attention,
-                "max_texts": max_texts, "max_chars": max_chars, "max_beam": MAX_BEAM}
-
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return Response(pages["index.html"], media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
-
-    @app.get("/static/{file}", include_in_schema=False)
-    async def static_file(file: str):
-        if file not in pages:
-            return error(404, f"no such file: {file}")
-        return Response(pages[file], media_type=f"{STATIC_FILES[file]}; charset=utf-8", headers=PAGE_HEADERS)
-
+    # LibreTranslate's API, as its clients expect it
+    lt = {"tags": ["LibreTranslate"], "responses": libretranslate.ERRORS}
+    app.post("/translate", openapi_extra=libretranslate.TRANSLATE_BODY, **lt,
+             response_model=libretranslate.Translation)(libretranslate.translate)
+    for method in (app.get, app.post):  # some clients POST
+        method("/languages", tags=["LibreTranslate"], response_model=list[libretranslate.Language])(
+            libretranslate.languages)
+    app.post("/detect", openapi_extra=libretranslate.DETECT_BODY, **lt,
+             response_model=list[libretranslate.Detection])(libretranslate.detect)
+    app.get("/frontend/settings", tags=["LibreTranslate"])(libretranslate.frontend_settings)
+    app.post("/translate_file", **lt)(libretranslate.translate_file)
+    app.post("/suggest", **lt)(libretranslate.suggest)
+    # charmt's own API: beam search, n-best lists, attention weights
+    app.post("/api/translate", response_model=api.TranslateResponse, responses=api.ERRORS)(api.translate)
+    app.post("/api/attention", response_model=api.AttentionResponse, responses=api.ATTENTION_ERRORS)(api.attention)
+    app.get("/health", response_model=api.Health)(api.health)
+    # the web page
+    app.get("/", include_in_schema=False)(_page("index.html"))
+    for name in STATIC_FILES:
+        app.get(f"/static/{name}", include_in_schema=False)(_page(name))
     return app
 
 
@@ -288,6 +373,55 @@ def _version() -> str:
     return __version__
 
 
+def _error_body(path: str, message: str) -> dict:
+    """charmt's API words errors as {"detail": ...}; LibreTranslate's as {"error": ...}."""
+    return {"detail": message} if path.startswith("/api/") or path == "/health" else {"error": message}
+
+
+async def _refusal(request, exc: CharmtError):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(_error_body(request.url.path, shown(exc, limit=2000)), status_code=getattr(exc, "status", 400))
+
+
+def _max_body(max_texts: int, max_chars: int) -> int:
+    # JSON escapes take at most 12 bytes per character (a surrogate pair); anything longer is over a limit anyway.
+    return max_texts * (12 * max_chars + 8) + 4096
+
+
+class _LimitBody:
+    """Plain ASGI: refuses a declared oversized body before anything reads it."""
+
+    def __init__(self, app, max_body: int):
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body:
+                from fastapi.responses import JSONResponse
+
+                message = (f"request body of {int(length)} bytes is larger than this server accepts ({self.max_body});"
+                           " send fewer or shorter texts (see GET /health for the limits)")
+                response = JSONResponse(_error_body(scope["path"], message), status_code=413)
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _page(file: str):
+    from fastapi.responses import Response
+
+    content = (resources.files("charmt") / "static").joinpath(file).read_bytes()
+
+    async def page():
+        return Response(content, media_type=f"{STATIC_FILES[file]}; charset=utf-8", headers=PAGE_HEADERS)
+
+    return page
+
+
+# --- running it -------------------------------------------------------------------------------------------
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -295,6 +429,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def exposure_warning(host: str, *, has_keys: bool) -> str | None:
+    """What to tell someone who serves beyond this machine without API keys (None: nothing)."""
+    if _is_loopback(host) or has_keys:
+        return None
+    return (f"listening on {host} without --api-keys: anyone who can reach this machine can use the models; "
+            "give --api-keys FILE, or use --host 127.0.0.1 to serve this machine only")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -327,9 +469,8 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "i
         import uvicorn
     except ImportError as err:
         raise _install_hint(err) from None
-    if not _is_loopback(host):
-        log.warning("listening on %s: anyone who can reach this machine can use the model (there is no "
-                    "authentication); use --host 127.0.0.1 to serve this machine only", host)
+    if (warning := exposure_warning(host, has_keys=app.state.server.api_keys is not None)) is not None:
+        log.warning("%s", warning)
     sock = bind(host, port)
     config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level=log_level,
                             timeout_graceful_shutdown=5)
