@@ -111,3 +111,18 @@ def test_resume_on_cuda_continues_with_the_saved_rng(tiny_pair_file, tmp_path):
     b = ckpt.load_tensors(tmp_path / "straight" / ckpt.WEIGHTS_FILE)
     # cuDNN's LSTM backward and embedding gradients use atomics: close, not bitwise equal.
     assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
+def test_the_server_translates_on_cuda(cuda_model_dir):
+    pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install 'charmt[serve]')")
+    from fastapi.testclient import TestClient
+
+    from charmt.serve import ServedModel, create_app
+
+    translator = Translator.load(cuda_model_dir, device="cuda")
+    with TestClient(create_app([ServedModel(translator, "m", "en", "fr")])) as client:
+        health = client.get("/health").json()
+        answer = client.post("/translate", json={"q": SENTENCES, "source": "en", "target": "fr"})
+    assert health["models"][0]["device"].startswith("cuda")
+    assert answer.status_code == 200
+    assert answer.json()["translatedText"] == translator.translate(SENTENCES)
