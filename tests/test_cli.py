@@ -211,12 +211,14 @@ def test_evaluate_prints_the_scores(tiny_model_dir, capsys):
     out = capsys.readouterr().out.splitlines()
     report = evaluate_file(tiny_model_dir, data, device="cpu")
     assert report.split == "test"
-    assert out[:5] == [
+    assert [line for line in out[:8] if not line.startswith("human baseline")] == [
+        "model: unknown -> unknown (? -> ?)",  # pairs.txt does not say its languages
         f"pairs: {report.pairs} (test); sentences: {report.sentences}; references per sentence: "
         f"{report.references_per_sentence:.2f}",
-        f"chrF: {report.chrf:.2f}",
-        f"BLEU: {report.bleu:.2f}",
+        f"chrF: {report.chrf:.2f} (first reference only: {report.single_reference['chrf']:.2f})",
+        f"BLEU: {report.bleu:.2f} (first reference only: {report.single_reference['bleu']:.2f}; tokenizer 13a)",
         f"exact match: {100 * report.exact_match:.1f}%",
+        f"output length / reference length: {report.length_ratio:.2f}",
         f"masked character accuracy (teacher forcing): {report.masked_accuracy:.4f}",
     ]
     assert main(["-q", "evaluate", str(tiny_model_dir), str(data), "--json"]) == 0

@@ -82,6 +82,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-fraction", type=float, help=f"held out for `evaluate` (seed: {s.test_fraction})")
     g.add_argument("--reverse", action="store_true", default=None,
                    help="translate from the second column into the first (e.g. French to English)")
+    g.add_argument("--canonical-spaces", action=argparse.BooleanOptionalAction, default=None,
+                   help="write typographic spaces (no-break, narrow no-break, thin) as plain spaces (tiny, base: yes; "
+                        "seed: no, as the example)")
+    g.add_argument("--min-char-count", type=int,
+                   help=f"characters seen fewer times become <unk> (default: {s.min_char_count}, every one kept)")
     g.add_argument("--source-lang", metavar="CODE",
                    help="ISO 639 code of the source language (default: from the file name, e.g. fra.txt: en)")
     g.add_argument("--target-lang", metavar="CODE",
@@ -252,11 +257,25 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(report.summary(), indent=2))
         return 0
+    from .languages import name_of
+
+    print(f"model: {name_of(report.source_lang)} -> {name_of(report.target_lang)} "
+          f"({report.source_lang or '?'} -> {report.target_lang or '?'})")
     print(f"pairs: {report.pairs} ({report.split}); sentences: {report.sentences}; "
           f"references per sentence: {report.references_per_sentence:.2f}")
-    print(f"chrF: {report.chrf:.2f}")
-    print(f"BLEU: {report.bleu:.2f}")
+    print(f"chrF: {report.chrf:.2f} (first reference only: {report.single_reference['chrf']:.2f})")
+    print(f"BLEU: {report.bleu:.2f} (first reference only: {report.single_reference['bleu']:.2f}; tokenizer "
+          f"{report.bleu_tokenizer}{'; ' + report.bleu_note if report.bleu_note else ''})")
+    human = report.human_baseline
+    if human:
+        print(f"human baseline, {human['sentences']} sentences with 2+ references, each scored against the others: "
+              f"a person chrF {human['human_chrf']:.2f} / BLEU {human['human_bleu']:.2f}, the model chrF "
+              f"{human['model_chrf']:.2f} / BLEU {human['model_bleu']:.2f} ({100 * human['chrf_ratio']:.0f}% of "
+              "the person's chrF)")
+    else:
+        print("human baseline: no sentence has two references")
     print(f"exact match: {100 * report.exact_match:.1f}%")
+    print(f"output length / reference length: {report.length_ratio:.2f}")
     print(f"masked character accuracy (teacher forcing): {report.masked_accuracy:.4f}")
     print(f"{'source length':>14} {'sentences':>9} {'chrF':>6} {'BLEU':>6} {'exact':>6}")
     for row in report.by_length:
@@ -320,14 +339,21 @@ def cmd_attention(args) -> int:
 def cmd_split(args) -> int:
     from .data import hold_out, read_corpus, write_pairs
 
-    corpus = read_corpus(args.data)
+    corpus = read_corpus(args.data, reverse=args.reverse)
     train, test = hold_out(corpus, args.test_sentences, seed=args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_pairs(out / "train.txt", train)
-    write_pairs(out / "test.txt", test)
-    print(f"{out / 'train.txt'}: {len(train)} pairs; {out / 'test.txt'}: {len(test)} pairs "
-          f"({args.test_sentences} source sentences, every translation of each)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create {out} ({err.strerror}); choose another --out") from None
+    # Named after the data file (fra.txt -> fra.train.txt), so that training on a part still knows its languages.
+    stem = Path(args.data).name.split(".")[0]
+    paths = out / f"{stem}.train.txt", out / f"{stem}.test.txt"
+    for path, pairs in zip(paths, (train, test)):
+        write_pairs(path, pairs, reverse=args.reverse)
+    column = "second-column" if args.reverse else "source"
+    print(f"{paths[0]}: {len(train)} pairs; {paths[1]}: {len(test)} pairs ({args.test_sentences} {column} sentences, "
+          "every translation of each)")
     return 0
 
 
@@ -453,7 +479,10 @@ def _args_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="pair file (.txt or .zip)")
     p.add_argument("--test-sentences", type=int, default=2000, help="distinct sources to hold out (default: 2000)")
     p.add_argument("--seed", type=int, default=1, help="random seed of the choice (default: 1)")
-    p.add_argument("--out", required=True, help="directory for train.txt and test.txt")
+    p.add_argument("--out", required=True, help="directory for NAME.train.txt and NAME.test.txt (NAME: the data's)")
+    p.add_argument("--reverse", action="store_true",
+                   help="hold out sentences of the second column (a test set for a --reverse model, e.g. French to "
+                        "English, multi-reference in English)")
 
 
 def _args_download(p: argparse.ArgumentParser) -> None:
@@ -518,7 +547,8 @@ COMMANDS = [
     ("inspect", "show the one-hot encodings of a pair (the example's exercise)", _args_inspect, cmd_inspect),
     ("demo", "train the tiny preset on the built-in corpus and show translations", _args_demo, cmd_demo),
     ("attention", "translate one sentence and draw its attention heatmap as PNG", _args_attention, cmd_attention),
-    ("split", "hold out a multi-reference test set by source sentence (train.txt, test.txt)", _args_split, cmd_split),
+    ("split", "hold out a multi-reference test set by source sentence (NAME.train.txt, NAME.test.txt)", _args_split,
+     cmd_split),
     ("download", "download a manythings.org pair zip (e.g. fra) into the cache", _args_download, cmd_download),
     ("import-keras", "convert the Keras example's saved s2s_model.keras into a model directory", _args_import_keras,
      cmd_import_keras),

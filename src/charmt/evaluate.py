@@ -13,6 +13,7 @@ from .batching import EncodedPairs, collate, encode_pairs
 from .data import Corpus, Pair, pairs_at_lines, read_corpus, references_by_source
 from .decode import Translator
 from .errors import DataError
+from .languages import bleu_tokenizer
 from .metrics import masked_accuracy, score_translations
 from .model import Seq2Seq
 from .vocab import PAD_ID
@@ -26,11 +27,20 @@ class EvalReport:
     pairs: int
     sentences: int  # distinct sources
     references_per_sentence: float
-    chrf: float
+    chrf: float  # against every reference of each sentence
     bleu: float
     exact_match: float
     masked_accuracy: float
     loss: float
+    source_lang: str | None = None
+    target_lang: str | None = None
+    bleu_tokenizer: str = "13a"  # sacrebleu's, chosen for the target language (languages.bleu_tokenizer)
+    bleu_note: str | None = None  # why a lesser tokenizer was used, if it was
+    single_reference: dict = field(default_factory=dict)  # chrF and BLEU against each sentence's first reference
+    # On the sentences with at least two references: the first reference (a person's translation) and the model,
+    # each scored against the other references. None when no sentence has two.
+    human_baseline: dict | None = None
+    length_ratio: float = float("nan")  # characters of the outputs / mean characters of the references
     by_length: list[dict] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     hypotheses: list[str] = field(default_factory=list)
@@ -73,17 +83,39 @@ def evaluate(translator: Translator, pairs: list[Pair], *, split: str = "file", 
     unique, references = references_by_source(pairs)
     sources = [p.source for p in unique]
     hypotheses = translator.translate(sources, beam=beam, batch_size=batch_size)
-    scores = score_translations(hypotheses, references)
+    info = translator.info
+    tokenize, note = bleu_tokenizer(info.target_lang)
+    scores = score_translations(hypotheses, references, tokenize=tokenize)
+    single = score_translations(hypotheses, [refs[:1] for refs in references], tokenize=tokenize)
     loss, accuracy = teacher_forced_metrics(
         translator.model, encode_pairs(pairs, translator.source_vocab, translator.target_vocab), translator.device
     )
+    reference_chars = sum(sum(map(len, refs)) / len(refs) for refs in references)
     return EvalReport(
         split=split, pairs=len(pairs), sentences=len(unique),
         references_per_sentence=len(pairs) / len(unique), chrf=scores.chrf, bleu=scores.bleu,
         exact_match=scores.exact_match, masked_accuracy=accuracy, loss=loss,
-        by_length=length_breakdown(sources, hypotheses, references),
+        source_lang=info.source_lang, target_lang=info.target_lang, bleu_tokenizer=tokenize, bleu_note=note,
+        single_reference={"chrf": single.chrf, "bleu": single.bleu},
+        human_baseline=human_baseline(hypotheses, references, tokenize=tokenize),
+        length_ratio=sum(map(len, hypotheses)) / max(reference_chars, 1),
+        by_length=length_breakdown(sources, hypotheses, references, tokenize=tokenize),
         sources=sources, hypotheses=hypotheses, references=references,
     )
+
+
+def human_baseline(hypotheses: list[str], references: list[list[str]], *, tokenize: str = "13a") -> dict | None:
+    """How far the model is from a person, on the same references: on each sentence with two or more references,
+    the first reference (one person's translation) and the model's output are both scored against the others."""
+    several = [i for i, refs in enumerate(references) if len(refs) >= 2]
+    if not several:
+        return None
+    others = [references[i][1:] for i in several]
+    human = score_translations([references[i][0] for i in several], others, tokenize=tokenize)
+    model = score_translations([hypotheses[i] for i in several], others, tokenize=tokenize)
+    return {"sentences": len(several), "human_chrf": human.chrf, "human_bleu": human.bleu,
+            "model_chrf": model.chrf, "model_bleu": model.bleu,
+            "chrf_ratio": model.chrf / human.chrf if human.chrf else float("nan")}
 
 
 @torch.inference_mode()
@@ -103,14 +135,16 @@ def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.dev
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 
-def length_breakdown(sources: list[str], hypotheses: list[str], references: list[list[str]]) -> list[dict]:
+def length_breakdown(sources: list[str], hypotheses: list[str], references: list[list[str]], *,
+                     tokenize: str = "13a") -> list[dict]:
     """chrF and BLEU per bucket of source length (characters)."""
     rows = []
     lower = 0
     for upper in (*LENGTH_BUCKETS, None):
         index = [i for i, s in enumerate(sources) if len(s) > lower and (upper is None or len(s) <= upper)]
         if index:
-            scores = score_translations([hypotheses[i] for i in index], [references[i] for i in index])
+            scores = score_translations([hypotheses[i] for i in index], [references[i] for i in index],
+                                        tokenize=tokenize)
             label = f"{lower + 1}-{upper}" if upper is not None else f">{lower}"
             rows.append({"lengths": label, "sentences": len(index), **scores.to_dict()})
         lower = upper if upper is not None else lower
