@@ -102,7 +102,7 @@ def test_well_formed_pairs_read_back_exactly(tmp_path, rows, bom, crlf, final_ne
     path = tmp_path / "pairs.txt"
     path.write_bytes(("\ufeff" if bom else "").encode() + text.encode("utf-8"))
     corpus = read_corpus(path, reverse=reverse)
-    expected = [Pair(i, *((r[1], r[0]) if reverse else (r[0], r[1]))) for i, r in enumerate(rows, 1) if r]
+    expected = [Pair(i, *((r[1], r[0]) if reverse else (r[0], r[1])), r[2] or "") for i, r in enumerate(rows, 1) if r]
     assert corpus.pairs == expected
     assert corpus.malformed == []
     assert corpus.blank == rows.count(None) + final_newline

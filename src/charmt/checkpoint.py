@@ -330,7 +330,7 @@ def model_card(info: ModelInfo, history: list[dict], *, hardware: str, minutes: 
         ("network", f"`{info.preset}` preset: {_describe(info.model)}"),
         ("data", f"`{Path(data.get('path', '?')).name}` (sha256 {str(data.get('sha256', '?'))[:12]}…): "
                  f"{data.get('train', '?')} training and {data.get('validation', '?')} validation pairs"),
-        ("training", f"{stopped} epochs in {minutes:.0f} minutes on {hardware}, charmt {version}"),
+        ("training", f"{stopped} epoch(s) in {minutes:.0f} minutes on {hardware}, charmt {version}"),
         ("validation", scores),
         ("lengths", f"outputs capped near {info.length_ratio or 2:.2f} × input + 10 characters; inputs up to "
                     f"{info.max_source_length} characters were seen in training"),

@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import SelectionConfig
@@ -38,6 +38,7 @@ class Pair:
     line: int  # 1-based line number in the file, so every pair can be traced back
     source: str
     target: str
+    attribution: str = ""  # the third column, if any: licence and authors, which CC-BY asks to keep
 
 
 @dataclass
@@ -86,7 +87,7 @@ def read_corpus(path: str | os.PathLike, *, reverse: bool = False) -> Corpus:
             malformed.append(number)
             continue
         source, target = (columns[1], columns[0]) if reverse else (columns[0], columns[1])
-        pairs.append(Pair(number, source, target))
+        pairs.append(Pair(number, source, target, columns[2] if len(columns) == 3 else ""))
         if len(columns) == 3:  # "CC-BY 2.0 (France) Attribution: tatoeba.org #538123 (CM) & #891077 (Martha)"
             licences[columns[2].split(" Attribution:")[0].strip()] += 1
     licence = licences.most_common(1)[0][0] if licences else None
@@ -178,7 +179,7 @@ def select(corpus: Corpus, config: SelectionConfig) -> Selection:
             skipped["target too long"] += 1
             continue
         if config.canonical_spaces:
-            pair = Pair(pair.line, canonical_spaces(pair.source), canonical_spaces(pair.target))
+            pair = replace(pair, source=canonical_spaces(pair.source), target=canonical_spaces(pair.target))
         if config.dedupe:
             key = _PUNCTUATION.sub("", pair.source)
             if key in seen:
@@ -249,10 +250,12 @@ def hold_out(corpus: Corpus, test_sentences: int, *, seed: int = 1) -> tuple[lis
 
 
 def write_pairs(path: str | os.PathLike, pairs: list[Pair], *, reverse: bool = False) -> None:
-    """Write pairs as a 2-column pair file (UTF-8, LF); with `reverse` (pairs read with reverse=True), in the
-    file's own column order again."""
+    """Write pairs as a pair file (UTF-8, LF), with their attribution as a third column where they have one;
+    with `reverse` (pairs read with reverse=True), in the file's own column order again."""
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(f"{p.target}\t{p.source}\n" if reverse else f"{p.source}\t{p.target}\n" for p in pairs)
+        for p in pairs:
+            columns = [p.target, p.source] if reverse else [p.source, p.target]
+            f.write("\t".join(columns + ([p.attribution] if p.attribution else [])) + "\n")
 
 
 def length_quantile(lengths: list[int] | list[float], q: float) -> float:

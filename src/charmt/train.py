@@ -35,7 +35,7 @@ from .data import Pair, length_quantile, read_corpus, references_by_source, sele
 from .decode import Translator
 from .errors import ConfigError, DataError
 from .evaluate import teacher_forced_metrics
-from .languages import languages_of_file
+from .languages import bleu_tokenizer, languages_of_file
 from .metrics import collapse_warning, masked_accuracy, score_translations
 from .model import Seq2Seq, resolve_device
 from .vocab import PAD_ID, Vocab
@@ -470,7 +470,7 @@ def _validate(translator: Translator, valid_data: EncodedPairs, eval_pairs: list
         return {}
     val_loss, val_acc = teacher_forced_metrics(translator.model, valid_data, translator.device)
     hyps = translator.translate([p.source for p in eval_pairs], batch_size=256, split=False, warn=False)
-    scores = score_translations(hyps, eval_refs)
+    scores = score_translations(hyps, eval_refs, tokenize=bleu_tokenizer(translator.info.target_lang)[0])
     samples = [{"source": p.source, "reference": refs[0], "output": h}
                for p, refs, h in list(zip(eval_pairs, eval_refs, hyps))[: cfg.show_samples]]
     warning = collapse_warning(hyps)
