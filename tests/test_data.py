@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+import charmt.download
 from charmt.config import SelectionConfig
-from charmt.data import Pair, download, read_corpus, select, split_by_source
+from charmt.data import Pair, read_corpus, select, split_by_source
+from charmt.download import download
 from charmt.errors import DataError, DownloadError
 
 from conftest import write_pairs
@@ -292,10 +294,12 @@ def test_split_by_source_table(sources, validation_fraction, test_fraction, expe
 
 
 class _Server:
-    """A local stand-in for manythings.org: 403 without a browser-like User-Agent, as the real site answers."""
+    """A local stand-in for manythings.org: 403 without a browser-like User-Agent, as the real site answers;
+    `busy` times 503 before answering."""
 
     def __init__(self, zip_bytes: bytes):
         self.requests: list[tuple[str, str]] = []
+        self.busy = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -304,6 +308,9 @@ class _Server:
                 server.requests.append((self.path, agent))
                 if not agent.startswith("Mozilla/5.0"):
                     return self._send(403, b"Forbidden", "text/plain")
+                if server.busy:
+                    server.busy -= 1
+                    return self._send(503, b"Busy", "text/plain")
                 if self.path == "/fra-eng.zip":
                     return self._send(200, zip_bytes, "application/zip")
                 if self.path == "/page.html":
@@ -358,6 +365,20 @@ def test_download_reuses_the_cached_file_without_a_request(server, tmp_path):
     assert server.requests == []
     assert download("fra", url=server.url + "/fra-eng.zip", directory=tmp_path, force=True) == cached
     assert len(server.requests) == 1 and zipfile.is_zipfile(cached)
+
+
+@pytest.mark.parametrize("busy, succeeds", [(2, True), (3, False)])
+def test_download_tries_twice_more_when_the_site_is_busy(server, tmp_path, monkeypatch, busy, succeeds):
+    monkeypatch.setattr(charmt.download, "RETRY_WAIT_S", 0.0)
+    server.busy = busy
+    url, cache = server.url + "/fra-eng.zip", tmp_path / "cache"
+    if succeeds:
+        assert zipfile.is_zipfile(download("fra", url=url, directory=cache))
+    else:
+        with pytest.raises(DownloadError, match="HTTP 503"):
+            download("fra", url=url, directory=cache)
+        assert list(cache.iterdir()) == []
+    assert len(server.requests) == min(busy + 1, 3)
 
 
 @pytest.mark.parametrize(

@@ -358,7 +358,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .data import download
+    from .download import download
 
     print(download(args.lang, url=args.url, directory=args.dir, force=args.force))
     return 0

@@ -13,9 +13,6 @@ import math
 import os
 import random
 import re
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from collections import Counter
@@ -23,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import SelectionConfig
-from .errors import DataError, DownloadError
+from .errors import DataError
 from .vocab import canonical_spaces, normalize
 
 log = logging.getLogger("charmt")
@@ -271,61 +268,3 @@ def pairs_at_lines(corpus: Corpus, lines: list[int]) -> list[Pair]:
     if missing:
         raise DataError(f"{corpus.path} has no pair at lines {missing[:5]}: is it the file the model was trained on?")
     return [by_line[n] for n in lines]
-
-
-# --- download -------------------------------------------------------------------------------------------
-
-DOWNLOAD_URL = "https://www.manythings.org/anki/{lang}-eng.zip"
-# manythings.org answers 403 to clients that do not look like a browser.
-_USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("CHARMT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "charmt"
-    )
-    return Path(root)
-
-
-def download(lang: str, *, url: str | None = None, directory: str | os.PathLike | None = None,
-             force: bool = False, timeout: float = 60.0) -> Path:
-    """Fetch manythings.org's `{lang}-eng.zip` into the cache and return its path.
-
-    The file is written under a temporary name and renamed only once it is complete and is a zip, so an
-    interrupted download never leaves a half-written file behind.
-    """
-    if not re.fullmatch(r"[a-z]{2,4}", lang):
-        raise DownloadError(f"{lang!r} is not a language code like 'fra' or 'deu' (see manythings.org/anki)")
-    url = url or DOWNLOAD_URL.format(lang=lang)
-    target_dir = Path(directory) if directory is not None else cache_dir()
-    target = target_dir / f"{lang}-eng.zip"
-    if target.exists() and not force:
-        log.info("using cached %s", target)
-        return target
-    target_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    except ValueError as err:  # a --url without a scheme
-        raise DownloadError(
-            f"{url} is not a download address ({err}); give a full URL like {DOWNLOAD_URL.format(lang=lang)}"
-        ) from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{lang}-eng.", suffix=".part", dir=target_dir)
-    try:
-        with os.fdopen(fd, "wb") as tmp, urllib.request.urlopen(request, timeout=timeout) as response:
-            while chunk := response.read(1 << 16):
-                tmp.write(chunk)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        if not zipfile.is_zipfile(tmp_name):
-            raise DownloadError(f"{url} did not return a zip file; the site may have changed or refused us")
-        os.replace(tmp_name, target)
-    except urllib.error.HTTPError as err:
-        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", None) or err
-        raise DownloadError(f"{url}: download failed ({reason})") from None
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return target
-

@@ -19,7 +19,11 @@ class ConfigError(CharmtError):
 
 
 class DownloadError(CharmtError):
-    """A corpus could not be downloaded."""
+    """A corpus could not be downloaded; `transient` when trying again later may work."""
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class MachineError(CharmtError):
