@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .vocab import collapse_whitespace
+
+if TYPE_CHECKING:
+    import torch
 
 
 def masked_accuracy(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:

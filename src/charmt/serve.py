@@ -95,9 +95,9 @@ class ServedModel:
         return self.translator.info.model.attention != "none"
 
     def memory_mb(self) -> float:
-        """Weights and buffers of the model (what each further model adds, less PyTorch's own caches)."""
-        tensors = [*self.translator.model.parameters(), *self.translator.model.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+        """Weights and buffers of the model (what each further model adds, less the engine's own caches); for an
+        ONNX export, the size of its graphs."""
+        return self.translator.engine.memory_bytes() / 2**20
 
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "target": self.target,
