@@ -69,6 +69,7 @@ def output_limits(src_lengths: np.ndarray, hard_limit: int, ratio: float | None 
 
 _UNITS = np.arange(1, MAX_REPEAT_UNIT + 1)
 _SPAN = np.where(_UNITS == 1, 8, 4) * _UNITS  # a unit of 1 must repeat 8 times, longer units 4 times
+_NEEDED = _SPAN - _UNITS  # tokens equal to the one a unit before them, at the end of such a tail
 
 
 def _repeats(history: np.ndarray) -> np.ndarray:
@@ -97,10 +98,11 @@ class _Outputs:
         """Append one token per row; True for the rows whose tail now repeats (as `_repeats` says)."""
         column = MAX_REPEAT_UNIT + self.steps
         self.tokens[:, column] = token
-        same = self.tokens[:, column - _UNITS] == token[:, None]
-        self.runs = np.where(same, self.runs + 1, 0)
+        same = self.tokens[:, column - MAX_REPEAT_UNIT : column][:, ::-1] == token[:, None]  # units 1, 2, ... 12
+        np.add(self.runs, 1, out=self.runs)
+        np.multiply(self.runs, same, out=self.runs)
         self.steps += 1
-        return (self.runs >= _SPAN - _UNITS).any(axis=1)
+        return (self.runs >= _NEEDED).any(axis=1)
 
     def take(self, rows: np.ndarray) -> None:
         self.tokens, self.runs = self.tokens[rows], self.runs[rows]

@@ -28,7 +28,7 @@ class OnnxState:
 
 
 class OnnxEngine:
-    """`decode.Engine` over the two graphs of an ONNX export. `threads`: onnxruntime's intra-op threads per
+    """`decode.Engine` over the two graphs of an ONNX export. `threads`: onnxruntime's intra-op threads of each
     session (0: its default, one per physical core)."""
 
     name = "onnx"
@@ -52,6 +52,9 @@ class OnnxEngine:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle threads wait without spinning: on a machine shared with other work, spinning threads took turns
+        # with it and one-sentence decoding ran 3-4x slower (benchmarks/RESULTS.md, inference).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.files = [directory / ENCODER_FILE, directory / STEP_FILE]
         sessions = []
         for path in self.files:
