@@ -544,7 +544,7 @@ def _args_plot(p: argparse.ArgumentParser) -> None:
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:
-    from .serve import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM
+    from .config import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM
 
     p.add_argument("models", nargs="+", metavar="MODEL_DIR",
                    help="model directories, one per language pair, or a directory of them; DIR=SRC:TGT gives the "

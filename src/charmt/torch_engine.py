@@ -105,7 +105,7 @@ class DecoderStep(nn.Module):
 
     def forward(self, prev, h, c, keys=None, context=None, bias=None):
         H = self.hidden_size
-        x = self.table[prev]
+        x = self.table.index_select(0, prev)
         hs, cs = [], []
         for layer in range(self.num_layers):
             gates = x + self.recurrent[layer](h[layer])
