@@ -217,6 +217,7 @@ with open(os.path.join(sys.argv[3], "report" + os.environ["RANK"] + ".json"), "w
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists() or not dist.is_gloo_available(),
                     reason="needs torchrun and the gloo backend")
 def test_train_under_torchrun_uses_gloo_on_the_cpu_and_ends_its_process_group(tmp_path, pair_file):

@@ -93,6 +93,7 @@ def _kill_when_stopped(proc: subprocess.Popen) -> None:
     pytest.fail(f"training did not reach step {STOP_AT} within {TIMEOUT} s")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, demo_lines):
     data = write_pairs(tmp_path / "pairs.txt", demo_lines[:150])
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
