@@ -10,9 +10,13 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import atomic_write
 from .errors import ConfigError, ModelFormatError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PANELS = (  # (title, [(log key, label)])
     ("loss (cross-entropy)", [("train_loss", "train"), ("val_loss", "validation")]),
@@ -51,7 +55,7 @@ def plot_training(log_path: str | os.PathLike, png_path: str | os.PathLike) -> P
     return _save(training_figure(read_log(log_path), title=Path(log_path).parent.name), png_path)
 
 
-def training_figure(history: list[dict], title: str = ""):
+def training_figure(history: list[dict], title: str = "") -> Figure:
     """Loss, masked accuracy and validation chrF per epoch: the records of `log.jsonl` or `TrainResult.history`."""
     if not history:
         raise ConfigError("no epochs to plot")
@@ -88,7 +92,7 @@ def plot_length_breakdown(rows: list[dict], png_path: str | os.PathLike, title: 
     return _save(length_figure(rows, title), png_path)
 
 
-def length_figure(rows: list[dict], title: str = ""):
+def length_figure(rows: list[dict], title: str = "") -> Figure:
     """chrF and BLEU per bucket of source length: the rows of `EvalReport.by_length`."""
     if not rows:
         raise ConfigError("no scores to plot")
@@ -113,7 +117,7 @@ def plot_attention(source: list[str], output: list[str], weights: list[list[floa
     return _save(attention_figure(source, output, weights), png_path)
 
 
-def attention_figure(source: list[str], output: list[str], weights: list[list[float]]):
+def attention_figure(source: list[str], output: list[str], weights: list[list[float]]) -> Figure:
     """Heatmap of attention weights, as `decode.attention_weights` returns them: one row per output character,
     one column per source character."""
     if not weights:
@@ -130,7 +134,7 @@ def attention_figure(source: list[str], output: list[str], weights: list[list[fl
     return fig
 
 
-def _figure(size: tuple[float, float]):
+def _figure(size: tuple[float, float]) -> Figure:
     try:  # the Agg canvas directly, not pyplot: no display needed and no global backend switched
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -143,13 +147,13 @@ def _figure(size: tuple[float, float]):
     return fig
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
-def _save(fig, png_path: str | os.PathLike) -> Path:
+def _save(fig: Figure, png_path: str | os.PathLike) -> Path:
     data = _png(fig)
     png_path = Path(png_path)
     if png_path.parent != Path(""):
