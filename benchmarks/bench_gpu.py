@@ -23,7 +23,7 @@ from charmt.config import preset_configs, updated
 from charmt.data import read_corpus, select
 from charmt.decode import Translator
 from charmt.model import Seq2Seq
-from charmt.train import learning_rate, make_optimizer, training_autocast, training_precision
+from charmt.training import learning_rate, make_optimizer, training_autocast, training_precision
 from charmt.vocab import Vocab
 
 

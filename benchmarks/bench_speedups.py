@@ -47,7 +47,7 @@ from charmt.batching import collate, encode_pairs, make_batches
 from charmt.config import ModelConfig, TrainConfig
 from charmt.decode import MAX_REPEAT_UNIT, _trim, greedy_decode
 from charmt.model import Seq2Seq
-from charmt.train import make_optimizer
+from charmt.training import make_optimizer
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 # --- a prototype greedy decoder for the seed network ---------------------------------------------------------
