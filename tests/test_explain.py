@@ -98,3 +98,29 @@ def test_pairs_from_a_selection(pair_file):
     assert arrays.sources == [p.source for p in pairs] and arrays.targets == [p.target for p in pairs]
     assert arrays.source_vocab == Vocab.build(p.source for p in pairs)
     assert arrays.encoder_input_data.shape[:2] == (len(pairs), max(len(p.source) for p in pairs))
+
+
+def test_wide_characters_and_combining_marks_keep_the_columns_aligned():
+    from wcwidth import wcswidth
+
+    from charmt.explain import encoding_table
+    from charmt.vocab import Vocab
+
+    source, target = "नमस्ते", "你好。"  # a vowel sign and a virama; two-column Chinese characters
+    table = encoding_table(source, target, Vocab.build([source]), Vocab.build([target])).splitlines()
+    rows = [line for line in table[2:] if line[:4].strip().isdigit()]
+    # The third column starts at the same terminal column on every row that has a decoder target.
+    starts = {wcswidth(line[: line.rindex("(")]) for line in rows if line.count("(") == 3}
+    assert len(starts) == 1, table
+    assert "'\u25cc\u094d'" in "\n".join(table)  # the virama shown on a dotted circle, not on the quote
+
+
+def test_results_print_readably(pair_file):
+    from charmt.config import SelectionConfig
+    from charmt.data import read_corpus, select
+
+    corpus = read_corpus(pair_file)
+    chosen = select(corpus, SelectionConfig(max_input_length=None, num_samples=None))
+    assert repr(corpus) == f"Corpus({str(pair_file)!r}, 150 pairs, 0 malformed lines, licence=None)"
+    assert repr(chosen).startswith(f"Selection(train={len(chosen.train)} pairs, validation=")
+    assert len(repr(chosen)) < 200

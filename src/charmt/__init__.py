@@ -19,6 +19,7 @@ _EXPORTS = {
     "SelectionConfig": "config",
     "TrainConfig": "config",
     "preset_configs": "config",
+    "demo_corpus": "data",
     "download": "downloads",
     "read_corpus": "data",
     "select": "data",

@@ -11,14 +11,12 @@ import sys
 import tempfile
 import traceback
 from dataclasses import fields, replace
-from importlib import resources
 from pathlib import Path
 
 from .config import PRECISIONS, PRESETS, ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
 from .errors import CharmtError, ConfigError, explain_machine_error
 
 log = logging.getLogger("charmt")
-DEMO_CORPUS = "eng-fra.txt"
 
 
 def _no_limit(value: str) -> int:
@@ -246,16 +244,16 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .data import read_corpus
+    from .data import demo_corpus, read_corpus
     from .decode import Translator
     from .evaluate import pick_pairs
     from .progress import TrainingProgress
     from .training import train
 
-    corpus = resources.files("charmt") / "demo" / DEMO_CORPUS
+    path = demo_corpus()
     model, training, selection = preset_configs("tiny")
     training = updated(training, epochs=args.epochs, device=args.device, time_budget_minutes=args.time_budget)
-    with tempfile.TemporaryDirectory() as tmp, resources.as_file(corpus) as path:
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "demo-model"
         _say(f"Training the tiny preset on the built-in corpus ({path.name}, written for charmt)")
         result = train(path, out, model_config=model, train_config=training, selection=selection, preset="tiny",

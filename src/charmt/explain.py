@@ -7,6 +7,7 @@ without the START character, so at step t the decoder reads character t and must
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,12 +18,22 @@ from .vocab import END_ID, PAD_ID, START_ID, Vocab
 
 
 def _cell(t: int, ids: list[int], vocab: Vocab) -> str:
-    """'(t, index) char' as numpy.nonzero would list it, with the character quoted."""
+    """'(t, index) char' as numpy.nonzero would list it, with the character quoted (a combining mark, such as a
+    Devanagari vowel sign, on a dotted circle, so that it does not combine with the quote)."""
     if t >= len(ids):
         return ""
     i = ids[t]
     shown = {START_ID: "\\t", END_ID: "\\n"}.get(i, vocab.tokens[i])
+    if len(shown) == 1 and unicodedata.combining(shown):
+        shown = "\u25cc" + shown
     return f"({t}, {i}) '{shown}'"
+
+
+def _padded(text: str, columns: int) -> str:
+    """`text` followed by spaces up to `columns` terminal columns (Chinese and Japanese characters take two)."""
+    from wcwidth import wcswidth
+
+    return text + " " * max(0, columns - max(wcswidth(text), 0))
 
 
 def encoding_table(source: str, target: str | None, source_vocab: Vocab, target_vocab: Vocab) -> str:
@@ -40,7 +51,7 @@ def encoding_table(source: str, target: str | None, source_vocab: Vocab, target_
         lines.append(f"{'step':>4}  {'encoder input':<18}  {'decoder input':<18}  decoder target")
         for t in range(max(len(enc), len(dec_in))):
             cells = (_cell(t, enc, source_vocab), _cell(t, dec_in, target_vocab), _cell(t, dec_out, target_vocab))
-            lines.append(f"{t:>4}  {cells[0]:<18}  {cells[1]:<18}  {cells[2]}".rstrip())
+            lines.append(f"{t:>4}  {_padded(cells[0], 18)}  {_padded(cells[1], 18)}  {cells[2]}".rstrip())
     if unknown:
         lines.append(f"characters not in the vocabulary (shown as <unk>): {' '.join(sorted(map(repr, unknown)))}")
     return "\n".join(lines)
