@@ -12,7 +12,6 @@ throughput, not quality).
 from __future__ import annotations
 
 import time
-from importlib import resources
 
 import torch
 from _common import environment, parser, print_environment, save_results
@@ -20,10 +19,10 @@ from _common import environment, parser, print_environment, save_results
 from charmt.batching import collate, encode_pairs, make_batches
 from charmt.checkpoint import ModelInfo
 from charmt.config import preset_configs, updated
-from charmt.data import read_corpus, select
+from charmt.data import demo_corpus, read_corpus, select
 from charmt.decode import Translator
 from charmt.model import Seq2Seq
-from charmt.train import learning_rate, make_optimizer, training_autocast, training_precision
+from charmt.training import learning_rate, make_optimizer, training_autocast, training_precision
 from charmt.vocab import Vocab
 
 
@@ -66,8 +65,7 @@ def main() -> None:
     print_environment(env)
     print(f"gpu={env['gpu']}", flush=True)
 
-    with resources.as_file(resources.files("charmt") / "demo" / "eng-fra.txt") as demo:
-        corpus = read_corpus(args.data or demo)
+    corpus = read_corpus(args.data or demo_corpus())
     model_config, cfg, selection = preset_configs("base")
     chosen = select(corpus, selection)
     source_vocab = Vocab.build(p.source for p in chosen.all_pairs)

@@ -50,7 +50,7 @@ from charmt.decode import MAX_REPEAT_UNIT, _trim
 from charmt.decode import greedy_decode as greedy_search
 from charmt.model import Seq2Seq
 from charmt.torch_engine import TorchEngine
-from charmt.train import make_optimizer
+from charmt.training import make_optimizer
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 # --- a prototype greedy decoder for the seed network ---------------------------------------------------------

@@ -35,7 +35,7 @@ from charmt.config import ModelConfig, TrainConfig, preset_configs
 from charmt.data import read_corpus, select
 from charmt.metrics import masked_accuracy
 from charmt.model import Seq2Seq
-from charmt.train import make_optimizer, train, training_autocast, training_precision
+from charmt.training import make_optimizer, train, training_autocast, training_precision
 from charmt.vocab import PAD_ID, Vocab
 
 CPU = torch.device("cpu")

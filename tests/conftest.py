@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from charmt.config import ModelConfig, SelectionConfig, TrainConfig
-from charmt.train import train
+from charmt.training import train
 
 DEMO = resources.files("charmt") / "demo" / "eng-fra.txt"
 

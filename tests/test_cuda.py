@@ -16,7 +16,7 @@ import torch
 from charmt import checkpoint as ckpt
 from charmt.config import updated
 from charmt.decode import Translator
-from charmt.train import _native_bf16, train
+from charmt.training import _native_bf16, train
 
 from conftest import DEMO, TINY_MODEL, TINY_SELECTION, TINY_TRAIN, write_pairs
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import charmt.download
+import charmt.downloads
 from charmt.config import SelectionConfig
 from charmt.data import Pair, read_corpus, select, split_by_source
-from charmt.download import download
+from charmt.downloads import download
 from charmt.errors import DataError, DownloadError
 
 from conftest import write_pairs
@@ -369,7 +369,7 @@ def test_download_reuses_the_cached_file_without_a_request(server, tmp_path):
 
 @pytest.mark.parametrize("busy, succeeds", [(2, True), (3, False)])
 def test_download_tries_twice_more_when_the_site_is_busy(server, tmp_path, monkeypatch, busy, succeeds):
-    monkeypatch.setattr(charmt.download, "RETRY_WAIT_S", 0.0)
+    monkeypatch.setattr(charmt.downloads, "RETRY_WAIT_S", 0.0)
     server.busy = busy
     url, cache = server.url + "/fra-eng.zip", tmp_path / "cache"
     if succeeds:

@@ -21,8 +21,8 @@ from conftest import write_pairs
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TIMEOUT = 120
 
-pytestmark = pytest.mark.skipif(not TORCHRUN.exists() or not dist.is_gloo_available(),
-                                reason="needs torchrun and the gloo backend")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TORCHRUN.exists() or not dist.is_gloo_available(),
+                                                   reason="needs torchrun and the gloo backend")]
 
 # Imported by every Python process started with this directory on PYTHONPATH: in the processes of rank > 0 it
 # logs every write, rename, removal or directory creation under CHARMT_TEST_WATCH (Python audit events).

@@ -17,7 +17,7 @@ from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.config import ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
 from charmt.decode import Translator
-from charmt.train import train
+from charmt.training import train
 
 from conftest import DEMO, write_pairs
 

@@ -18,7 +18,7 @@ from charmt.data import read_corpus, select
 from charmt.evaluate import human_baseline
 from charmt.languages import bleu_tokenizer, is_rtl, join_sentences, languages_of_file, name_of, split_sentences
 from charmt.metrics import score_translations
-from charmt.train import model_languages, train
+from charmt.training import model_languages, train
 from charmt.vocab import UNK_ID, Vocab, canonical_spaces
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN, write_pairs

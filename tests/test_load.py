@@ -103,6 +103,7 @@ def percentiles(latencies: list[float]) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc (Linux)")
+@pytest.mark.slow
 def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_lines, tmp_path):
     sources = sorted({line.split("\t")[0] for line in demo_lines[:300]})[:60]
     expected = {target: dict(zip(sources, Translator.load(pair_models[target], device="cpu").translate(sources)))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import sacrebleu
 import torch
 
-from charmt.metrics import collapse_warning, masked_accuracy, score_translations
+from charmt.metrics import collapse_warning, masked_accuracy, masked_accuracy_one_hot, score_translations
 
 # The example's fixtures: y_true and y_pred one-hot, (batch, steps, classes); all-zero rows are padding.
 Y_TRUE = [[[1, 0, 0], [0, 1, 0], [1, 0, 0]]]
@@ -114,3 +115,26 @@ def test_score_translations_edge_cases():
 )
 def test_collapse_warning(hyps, expected):
     assert collapse_warning(hyps) == expected
+
+
+KERAS_CHECKS = [(Y_TRUE, Y_TRUE, 1.0), (Y_TRUE, Y_PRED, 2 / 3), ([Y_TRUE[0] + PADDING], [Y_PRED[0] + PADDING], 2 / 3)]
+
+
+@pytest.mark.parametrize("y_true, y_pred, expected", KERAS_CHECKS, ids=["t1", "t2", "t3"])
+@pytest.mark.parametrize("kind", [list, np.array, torch.tensor])
+def test_one_hot_arguments_pass_the_example_checks(y_true, y_pred, expected, kind):
+    assert masked_accuracy_one_hot(kind(y_true), kind(y_pred)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_padding_with_a_real_character_is_counted_as_the_example_counts_it():
+    space = [0, 0, 1]  # the example pads with the space character's one-hot row: the mask keeps it
+    y_true = [[[1, 0, 0], [0, 1, 0], space, space, space]]
+    always_space = [[space] * 5]
+    assert masked_accuracy_one_hot(y_true, always_space) == pytest.approx(3 / 5)
+    zero_padded = [[[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]]
+    assert masked_accuracy_one_hot(zero_padded, always_space) == 0.0
+
+
+def test_one_hot_shapes_must_agree():
+    with pytest.raises(ValueError, match=r"y_true \(1, 3, 3\) and y_pred \(1, 7, 3\) differ in shape"):
+        masked_accuracy_one_hot(Y_TRUE, [Y_PRED[0] + PADDING])

@@ -97,3 +97,37 @@ def test_length_breakdown_without_rows_is_an_error(tmp_path):
 
     with pytest.raises(CharmtError, match="no scores"):
         plot_length_breakdown([], tmp_path / "x.png")
+
+
+def test_figure_functions_return_figures_that_jupyter_shows_as_png():
+    from matplotlib.figure import Figure
+
+    from charmt.plots import attention_figure, length_figure, training_figure
+
+    training = training_figure([record(e, best=e == 2) for e in range(1, 4)], title="tiny")
+    assert [ax.get_title() for ax in training.axes] == ["loss (cross-entropy)", "masked character accuracy",
+                                                        "validation chrF"]
+    assert training.get_suptitle() == "tiny: 3 epochs"
+    rows = [{"lengths": "1-10", "sentences": 3, "chrf": 50.0, "bleu": 20.0},
+            {"lengths": "11-20", "sentences": 5, "chrf": 40.0, "bleu": 10.0}]
+    lengths = length_figure(rows)
+    assert [p.get_height() for p in lengths.axes[0].patches] == [50.0, 40.0, 20.0, 10.0]  # chrF bars, then BLEU
+    attention = attention_figure(list("a b"), list("xy"), [[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]])
+    image, _colorbar = attention.axes
+    assert [t.get_text() for t in image.get_xticklabels()] == ["a", "␣", "b"]
+    assert image.images[0].get_array().tolist() == [[0.5, 0.25, 0.25], [0.0, 0.0, 1.0]]
+    for figure in (training, lengths, attention):
+        assert isinstance(figure, Figure)
+        assert figure._repr_png_().startswith(PNG_SIGNATURE)  # what IPython displays, without pyplot
+
+
+@pytest.mark.parametrize("draw, message", [
+    (lambda plots: plots.training_figure([]), "no epochs to plot"),
+    (lambda plots: plots.length_figure([]), "no scores to plot"),
+    (lambda plots: plots.attention_figure(["a"], [], []), "the translation is empty"),
+])
+def test_figures_of_nothing_are_refused(draw, message):
+    from charmt import plots
+
+    with pytest.raises(CharmtError, match=message):
+        draw(plots)

@@ -20,14 +20,14 @@ import torch
 import torch._dynamo  # noqa: F401  (PyTorch sets TORCHINDUCTOR_CACHE_DIR when this is first imported, as any
 import torch.distributed as dist  # optimizer does; imported here so that only charmt's own doings are compared)
 
-import charmt.train
+import charmt.training
 from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.config import updated
 from charmt.decode import Translator
 from charmt.errors import explain_machine_error
 from charmt.model import Seq2Seq
-from charmt.train import _process_group, train
+from charmt.training import _process_group, train
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN
 
@@ -98,7 +98,7 @@ def test_files_follow_the_umask_and_the_umask_stays(pair_file, tmp_path):
 
 
 def test_bf16_on_a_cpu_without_bf16_fails_in_one_line_and_writes_nothing(pair_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(charmt.train, "cpu_runs_bf16_lstm", lambda: False)  # the missing feature, simulated
+    monkeypatch.setattr(charmt.training, "cpu_runs_bf16_lstm", lambda: False)  # the missing feature, simulated
     out = tmp_path / "m"
     assert main(["train", str(pair_file), "--out", str(out), "--precision", "bf16", *FLAGS]) == 1
     err = capsys.readouterr().err
@@ -217,6 +217,7 @@ with open(os.path.join(sys.argv[3], "report" + os.environ["RANK"] + ".json"), "w
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists() or not dist.is_gloo_available(),
                     reason="needs torchrun and the gloo backend")
 def test_train_under_torchrun_uses_gloo_on_the_cpu_and_ends_its_process_group(tmp_path, pair_file):

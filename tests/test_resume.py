@@ -24,7 +24,7 @@ from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.config import TrainConfig
 from charmt.errors import ModelFormatError
-from charmt.train import make_optimizer
+from charmt.training import make_optimizer
 
 from conftest import write_pairs
 
@@ -39,13 +39,14 @@ STOP_AT = (3, 5)  # (epoch, step), 1-based: the child stops itself after this st
 CHILD = """
 import os, signal, sys
 from charmt import cli
+from charmt.progress import TrainingProgress
 stop_at = tuple(map(int, os.environ["STOP_AT"].split(",")))
-progress = cli._Progress.__call__
+progress = TrainingProgress.__call__
 def stopping(self, event, info):
     progress(self, event, info)
     if event == "step" and (info["epoch"], info["step"]) == stop_at:
         os.kill(os.getpid(), signal.SIGSTOP)
-cli._Progress.__call__ = stopping
+TrainingProgress.__call__ = stopping
 sys.exit(cli.main(sys.argv[1:]))
 """
 TIMEOUT = 120
@@ -93,6 +94,7 @@ def _kill_when_stopped(proc: subprocess.Popen) -> None:
     pytest.fail(f"training did not reach step {STOP_AT} within {TIMEOUT} s")
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, demo_lines):
     data = write_pairs(tmp_path / "pairs.txt", demo_lines[:150])
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"

@@ -39,7 +39,7 @@ from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError, ModelFormatError
 from charmt.model import Seq2Seq
 from charmt.serve import MAX_BEAM, ServedModel, bind, create_app, exposure_warning, find_models, url_of
-from charmt.train import train
+from charmt.training import train
 from charmt.vocab import Vocab
 
 from conftest import DEMO, TINY_MODEL, TINY_SELECTION, TINY_TRAIN, write_pairs

@@ -13,13 +13,13 @@ import sys
 import pytest
 import torch
 
-import charmt.train
+import charmt.training
 from charmt.batching import EncodedPairs, epoch_items, make_batches
 from charmt.config import TrainConfig, updated
 from charmt.data import Pair
 from charmt.decode import Translator, _repeats, _trim
 from charmt.errors import ConfigError
-from charmt.train import learning_rate, train, training_precision
+from charmt.training import learning_rate, train, training_precision
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN
 
@@ -95,7 +95,7 @@ def test_short_repeats_lengthen_the_epoch_in_train(pair_file, tmp_path):
     ids=["avx512-bf16", "avx512-emulated", "no-bf16-kernels", "avx2"],
 )
 def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, runs_bf16, native, expected):
-    monkeypatch.setattr(charmt.train, "cpu_runs_bf16_lstm", lambda: runs_bf16)
+    monkeypatch.setattr(charmt.training, "cpu_runs_bf16_lstm", lambda: runs_bf16)
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, check, lambda: native, raising=False)
     assert training_precision("auto", torch.device("cpu")) == expected
@@ -106,7 +106,7 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(monkeypatc
 
 @pytest.mark.parametrize("runs_bf16", [True, False])
 def test_explicit_bf16_is_refused_where_the_cpu_cannot_run_it(monkeypatch, runs_bf16):
-    monkeypatch.setattr(charmt.train, "cpu_runs_bf16_lstm", lambda: runs_bf16)
+    monkeypatch.setattr(charmt.training, "cpu_runs_bf16_lstm", lambda: runs_bf16)
     if runs_bf16:
         assert training_precision("bf16", torch.device("cpu")) == "bf16"
     else:
@@ -114,7 +114,7 @@ def test_explicit_bf16_is_refused_where_the_cpu_cannot_run_it(monkeypatch, runs_
             training_precision("bf16", torch.device("cpu"))
 
 
-@pytest.mark.skipif(not charmt.train.cpu_runs_bf16_lstm(),
+@pytest.mark.skipif(not charmt.training.cpu_runs_bf16_lstm(),
                     reason="this CPU has no bf16 LSTM kernels (oneDNN needs AVX-512; "
                            "torch.ops.mkldnn._is_mkldnn_bf16_supported() is False)")
 def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(pair_file, tmp_path):

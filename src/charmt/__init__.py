@@ -19,8 +19,21 @@ _EXPORTS = {
     "SelectionConfig": "config",
     "TrainConfig": "config",
     "preset_configs": "config",
+    "demo_corpus": "data",
+    "download": "downloads",
+    "read_corpus": "data",
+    "select": "data",
+    "one_hot_arrays": "explain",
+    "masked_accuracy": "metrics",
+    "masked_accuracy_one_hot": "metrics",
+    "train": "training",
+    "TrainingProgress": "progress",
     "Translator": "decode",
-    "train": "train",
+    "attention_weights": "decode",
+    "evaluate_file": "evaluate",
+    "attention_figure": "plots",
+    "length_figure": "plots",
+    "training_figure": "plots",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -9,17 +9,14 @@ import logging
 import os
 import sys
 import tempfile
-import time
 import traceback
 from dataclasses import fields, replace
-from importlib import resources
 from pathlib import Path
 
 from .config import PRECISIONS, PRESETS, ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
 from .errors import CharmtError, ConfigError, explain_machine_error
 
 log = logging.getLogger("charmt")
-DEMO_CORPUS = "eng-fra.txt"
 
 
 def _no_limit(value: str) -> int:
@@ -119,63 +116,6 @@ def _configs_from_args(args) -> tuple[ModelConfig, TrainConfig, SelectionConfig]
     return model, training, replace(selection, **no_limit)
 
 
-class _Progress:
-    """Renders training events: a tqdm bar per epoch, then a line of metrics and a few decoded samples."""
-
-    def __init__(self, quiet: bool = False):
-        self.bar = None
-        self.quiet = quiet
-        self.last_line = time.monotonic()
-
-    def __call__(self, event: str, info: dict) -> None:
-        from tqdm import tqdm
-
-        if event == "selection":
-            skipped = ", ".join(f"{n} {reason}" for reason, n in info["skipped"].items()) or "none"
-            _say(info["corpus"])
-            _say(f"Number of samples: {info['samples']} (train {info['train']}, validation {info['validation']}, "
-                 f"test {info['test']})")
-            _say(f"Number of unique input tokens: {info['source_vocab'] - 4} (+4 special)")
-            _say(f"Number of unique output tokens: {info['target_vocab'] - 4} (+4 special)")
-            _say(f"Max sequence length for inputs: {info['max_input_length']}")
-            _say(f"Max sequence length for outputs: {info['max_target_length']} (with start and end)")
-            _say(f"Skipped: {skipped}")
-        elif event == "start":
-            _say(f"Device: {info['device']}" + (f" x {info['world_size']} processes" if info["world_size"] > 1 else "")
-                 + f" ({info['precision']})"
-                 + f"; {info['parameters']:,} parameters; {info['steps_per_epoch']} steps per epoch")
-        elif event == "step":
-            if self.bar is None:
-                self.bar = tqdm(total=info["steps"], desc=f"epoch {info['epoch']}", unit="batch", leave=False,
-                                disable=None if not self.quiet else True, initial=info["step"] - 1)
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['accuracy']:.3f}",
-                                 pairs_s=f"{info['pairs_per_s']:.0f}", refresh=False)
-            if self.bar.disable and not self.quiet and time.monotonic() - self.last_line >= 60:
-                # No terminal (a log file, CI): a plain line a minute instead of the bar.
-                self.last_line = time.monotonic()
-                left = (info["steps"] - info["step"]) / max(info["steps_per_s"], 1e-9)
-                _say(f"  epoch {info['epoch']} step {info['step']}/{info['steps']}: loss {info['loss']:.3f}, "
-                     f"acc {info['accuracy']:.3f}, {info['pairs_per_s']:.0f} pairs/s, epoch ETA {left / 60:.1f} min")
-        elif event == "epoch":
-            if self.bar is not None:
-                self.bar.close()
-                self.bar = None
-            line = f"epoch {info['epoch']}: loss {info['train_loss']:.4f}, masked acc {info['train_accuracy']:.4f}"
-            if "val_loss" in info:
-                line += (f" | val loss {info['val_loss']:.4f}, masked acc {info['val_accuracy']:.4f}, "
-                         f"chrF {info['val_chrf']:.1f}, BLEU {info['val_bleu']:.1f}")
-            line += f" | {info['seconds']:.0f}s" + (" (best)" if info.get("best") else "")
-            _say(line)
-            for sample in info.get("samples", []):
-                _say(f"    {sample['source']!r} -> {sample['output']!r} (reference {sample['reference']!r})")
-        elif event == "warning":
-            log.warning(info["message"])
-        elif event == "end":
-            _say(f"Stopped after {info['epochs_run']} epochs ({info['stopped_because']}); best epoch "
-                 f"{info['best_epoch']}; model written to {info['out_dir']}")
-
-
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -195,7 +135,8 @@ def _options_changed(preset_name: str, configs: tuple) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .progress import TrainingProgress
+    from .training import train
 
     model, training, selection = _configs_from_args(args)
     changed = _options_changed(args.preset, (model, training, selection)) if args.resume else []
@@ -204,7 +145,8 @@ def cmd_train(args) -> int:
                           f"{', '.join(changed)} (or start anew with --overwrite)")
     out = args.out or f"models/{Path(args.data).stem}-{args.preset}"
     train(args.data, out, model_config=model, train_config=training, selection=selection, preset=args.preset,
-          resume=args.resume, overwrite=args.overwrite, callback=_Progress(args.quiet))
+          resume=args.resume, overwrite=args.overwrite,
+          callback=TrainingProgress(quiet=args.quiet, file=sys.stderr))
     return 0
 
 
@@ -306,19 +248,20 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .data import read_corpus
+    from .data import demo_corpus, read_corpus
     from .decode import Translator
     from .evaluate import pick_pairs
-    from .train import train
+    from .progress import TrainingProgress
+    from .training import train
 
-    corpus = resources.files("charmt") / "demo" / DEMO_CORPUS
+    path = demo_corpus()
     model, training, selection = preset_configs("tiny")
     training = updated(training, epochs=args.epochs, device=args.device, time_budget_minutes=args.time_budget)
-    with tempfile.TemporaryDirectory() as tmp, resources.as_file(corpus) as path:
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "demo-model"
         _say(f"Training the tiny preset on the built-in corpus ({path.name}, written for charmt)")
         result = train(path, out, model_config=model, train_config=training, selection=selection, preset="tiny",
-                       overwrite=args.overwrite, callback=_Progress(args.quiet))
+                       overwrite=args.overwrite, callback=TrainingProgress(quiet=args.quiet, file=sys.stderr))
         _, held_out = pick_pairs(read_corpus(path), out, "validation")
         held_out = held_out[: args.show]
         outputs = Translator.load(out, device=args.device).translate([p.source for p in held_out])
@@ -375,7 +318,7 @@ def cmd_split(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .download import download
+    from .downloads import download
 
     print(download(args.lang, url=args.url, directory=args.dir, force=args.force))
     return 0

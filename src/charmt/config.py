@@ -156,7 +156,7 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
              lr_schedule="cosine", warmup_steps=300, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
              eval_sentences=1000, checkpoint_minutes=5.0, short_repeats=2, label_smoothing=0.1),
         dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
-             validation_fraction=0.01, canonical_spaces=True),
+             validation_fraction=0.01, canonical_spaces=True, min_char_count=2),
     ),
 }
 

@@ -48,6 +48,10 @@ class Corpus:
     blank: int
     licence: str | None = None  # what the third column says, e.g. "CC-BY 2.0 (France)" in manythings' files
 
+    def __repr__(self) -> str:
+        return (f"Corpus({self.path!r}, {len(self.pairs)} pairs, {len(self.malformed)} malformed lines, "
+                f"licence={self.licence!r})")
+
     def report(self) -> str:
         text = f"{len(self.pairs)} pairs read from {self.path}"
         if self.malformed:
@@ -134,6 +138,10 @@ class Selection:
     validation: list[Pair]
     test: list[Pair]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def __repr__(self) -> str:
+        return (f"Selection(train={len(self.train)} pairs, validation={len(self.validation)}, test={len(self.test)}, "
+                f"skipped={self.skipped})")
 
     @property
     def all_pairs(self) -> list[Pair]:
@@ -253,6 +261,13 @@ def write_pairs(path: str | os.PathLike, pairs: list[Pair], *, reverse: bool = F
         for p in pairs:
             columns = [p.target, p.source] if reverse else [p.source, p.target]
             f.write("\t".join(columns + ([p.attribution] if p.attribution else [])) + "\n")
+
+
+def demo_corpus() -> Path:
+    """The built-in demo corpus (531 English-French pairs written for charmt; see its ABOUT.md)."""
+    from importlib import resources
+
+    return Path(str(resources.files("charmt") / "demo" / "eng-fra.txt"))
 
 
 def length_quantile(lengths: list[int] | list[float], q: float) -> float:

@@ -44,10 +44,10 @@ class EvalReport:
     # each scored against the other references. None when no sentence has two.
     human_baseline: dict | None = None
     length_ratio: float = float("nan")  # characters of the outputs / mean characters of the references
-    by_length: list[dict] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-    hypotheses: list[str] = field(default_factory=list)
-    references: list[list[str]] = field(default_factory=list)
+    by_length: list[dict] = field(default_factory=list, repr=False)
+    sources: list[str] = field(default_factory=list, repr=False)
+    hypotheses: list[str] = field(default_factory=list, repr=False)
+    references: list[list[str]] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict:
         skip = {"sources", "hypotheses", "references"}

@@ -66,3 +66,15 @@ def collapse_warning(hypotheses: list[str], threshold: float = 0.3) -> str | Non
         return (f"outputs collapsed: {count} of {len(hypotheses)} validation sentences got the same translation "
                 f"{text!r}; train longer, or use a preset with attention")
     return None
+
+
+def masked_accuracy_one_hot(y_true, y_pred) -> float:
+    """`masked_accuracy` called the Keras example's way: `y_true` one-hot targets and `y_pred` scores, both
+    (..., classes), as NumPy arrays, nested lists or tensors. Steps where `y_true` is all zero are padding and are
+    not counted (the example's mask, `reduce_max(y_true, axis=-1)`): so padding must be all-zero rows, as in
+    `one_hot_arrays`, not a real character's one-hot as in the example's own arrays.
+    """
+    y_true, y_pred = torch.as_tensor(y_true, dtype=torch.float32), torch.as_tensor(y_pred, dtype=torch.float32)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ in shape")
+    return masked_accuracy(y_pred, y_true.argmax(dim=-1), y_true.amax(dim=-1) > 0)

@@ -1,4 +1,8 @@
-"""PNG plots: training curves from `log.jsonl`, scores by source length, and attention heatmaps."""
+"""Plots: training curves, scores by source length, and attention heatmaps.
+
+Each `*_figure` function returns a matplotlib Figure (shown as an image in Jupyter); each `plot_*` function writes
+one as a PNG. pyplot is never used, so no backend or other global state is switched.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,13 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import atomic_write
 from .errors import ConfigError, ModelFormatError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PANELS = (  # (title, [(log key, label)])
     ("loss (cross-entropy)", [("train_loss", "train"), ("val_loss", "validation")]),
@@ -44,17 +52,23 @@ def read_log(log_path: str | os.PathLike) -> list[dict]:
 
 def plot_training(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
     """Draw the curves of `log_path` into the PNG `png_path` (written atomically) and return its path."""
-    records = read_log(log_path)
+    return _save(training_figure(read_log(log_path), title=Path(log_path).parent.name), png_path)
+
+
+def training_figure(history: list[dict], title: str = "") -> Figure:
+    """Loss, masked accuracy and validation chrF per epoch: the records of `log.jsonl` or `TrainResult.history`."""
+    if not history:
+        raise ConfigError("no epochs to plot")
+    fig = _figure((4.2 * len(PANELS), 3.6))
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in records]
-    best = [r["epoch"] for r in records if r.get("best")]
-    fig = _figure((4.2 * len(PANELS), 3.6))
+    epochs = [r["epoch"] for r in history]
+    best = [r["epoch"] for r in history if r.get("best")]
     axes = fig.subplots(1, len(PANELS))
-    for ax, (title, series) in zip(axes, PANELS):
+    for ax, (panel_title, series) in zip(axes, PANELS):
         drawn = False
         for key, label in series:
-            points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+            points = [(r["epoch"], r[key]) for r in history if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=label)
                 drawn = True
@@ -62,19 +76,24 @@ def plot_training(log_path: str | os.PathLike, png_path: str | os.PathLike) -> P
             ax.axvline(best[-1], color="grey", linestyle=":", linewidth=1, label=f"best (epoch {best[-1]})")
         if not drawn:
             ax.text(0.5, 0.5, "no validation set", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(title)
+        ax.set_title(panel_title)
         ax.set_xlabel("epoch")
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if drawn or best:
             ax.legend(fontsize="small")
-    fig.suptitle(f"{Path(log_path).parent.name}: {len(records)} epochs")
-    return _save(fig, png_path)
+    fig.suptitle(f"{title}: {len(history)} epochs" if title else f"{len(history)} epochs")
+    return fig
 
 
 def plot_length_breakdown(rows: list[dict], png_path: str | os.PathLike, title: str = "") -> Path:
-    """chrF and BLEU per bucket of source length (the rows of `evaluate.length_breakdown`)."""
+    """chrF and BLEU per bucket of source length (the rows of `evaluate.length_breakdown`) into a PNG."""
+    return _save(length_figure(rows, title), png_path)
+
+
+def length_figure(rows: list[dict], title: str = "") -> Figure:
+    """chrF and BLEU per bucket of source length: the rows of `EvalReport.by_length`."""
     if not rows:
         raise ConfigError("no scores to plot")
     fig = _figure((6.4, 3.8))
@@ -89,12 +108,18 @@ def plot_length_breakdown(rows: list[dict], png_path: str | os.PathLike, title: 
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     ax.set_title(title or "scores by source length")
-    return _save(fig, png_path)
+    return fig
 
 
 def plot_attention(source: list[str], output: list[str], weights: list[list[float]],
                    png_path: str | os.PathLike) -> Path:
-    """Heatmap of attention weights: one row per output character, one column per source character."""
+    """Heatmap of attention weights (`attention_figure`) into a PNG."""
+    return _save(attention_figure(source, output, weights), png_path)
+
+
+def attention_figure(source: list[str], output: list[str], weights: list[list[float]]) -> Figure:
+    """Heatmap of attention weights, as `decode.attention_weights` returns them: one row per output character,
+    one column per source character."""
     if not weights:
         raise ConfigError("the translation is empty: no attention to draw")
     fig = _figure((max(4.0, 0.32 * len(source) + 1.5), max(3.0, 0.32 * len(output) + 1.2)))
@@ -106,10 +131,10 @@ def plot_attention(source: list[str], output: list[str], weights: list[list[floa
     ax.set_xlabel("source character")
     ax.set_ylabel("output character")
     fig.colorbar(image, ax=ax, fraction=0.04)
-    return _save(fig, png_path)
+    return fig
 
 
-def _figure(size: tuple[float, float]):
+def _figure(size: tuple[float, float]) -> Figure:
     try:  # the Agg canvas directly, not pyplot: no display needed and no global backend switched
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -117,14 +142,21 @@ def _figure(size: tuple[float, float]):
         raise ConfigError("plotting needs matplotlib: pip install 'charmt[plot]'") from None
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
+    # Jupyter shows a Figure as an image only once pyplot's inline backend is loaded; this shows ours without it.
+    fig._repr_png_ = lambda: _png(fig)
     return fig
 
 
-def _save(fig, png_path: str | os.PathLike) -> Path:
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _save(fig: Figure, png_path: str | os.PathLike) -> Path:
+    data = _png(fig)
     png_path = Path(png_path)
     if png_path.parent != Path(""):
         png_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(png_path, buffer.getvalue())
+    atomic_write(png_path, data)
     return png_path

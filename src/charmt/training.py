@@ -20,7 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ class TrainResult:
     best_epoch: int
     epochs_run: int
     stopped_because: str
-    history: list[dict]
+    history: list[dict] = field(repr=False)  # one record per epoch, as in log.jsonl
 
 
 # --- precision --------------------------------------------------------------------------------------------
