@@ -24,6 +24,12 @@ from torch import nn
 from .model import Seq2Seq
 
 
+def _uninitialized(inputs: int, outputs: int, bias: bool = True) -> nn.Linear:
+    """A linear layer whose weights are copied in next: skipping the random initialisation leaves the caller's
+    random number generator where it was."""
+    return nn.utils.skip_init(nn.Linear, inputs, outputs, bias=bias)
+
+
 class InferenceEncoder(nn.Module):
     """src (B, S), lengths (B,) -> the decoder's initial (h, c) (L, B, H) and, with attention, what its steps need:
     keys (B, H, S), context projections (B, S, H) and the padding mask as a bias (B, S): 0, or -inf on padding.
@@ -39,8 +45,8 @@ class InferenceEncoder(nn.Module):
         self.attention = attention is not None
         if self.attention:
             M, H = model.encoder.output_size, model.config.hidden_size
-            self.keys = nn.Linear(M, H, bias=False)  # score(q)·m = q·(W_scoreᵀ m)
-            self.context = nn.Linear(M, H, bias=False)  # the combine layer's context half
+            self.keys = _uninitialized(M, H, bias=False)  # score(q)·m = q·(W_scoreᵀ m)
+            self.context = _uninitialized(M, H, bias=False)  # the combine layer's context half
             with torch.no_grad():
                 self.keys.weight.copy_(attention.score.weight.T)
                 self.context.weight.copy_(attention.combine.weight[:, :M])
@@ -88,8 +94,8 @@ class DecoderStep(nn.Module):
             else:  # one-hot inputs: row t of the table is column t of W_ih
                 table = w_ih.T + bias
             self.register_buffer("table", table.contiguous())  # (V, 4H)
-            self.recurrent = nn.ModuleList(nn.Linear(H, 4 * H, bias=False) for _ in range(L))
-            self.inputs = nn.ModuleList(nn.Linear(H, 4 * H) for _ in range(L - 1))  # layers 2..L
+            self.recurrent = nn.ModuleList(_uninitialized(H, 4 * H, bias=False) for _ in range(L))
+            self.inputs = nn.ModuleList(_uninitialized(H, 4 * H) for _ in range(L - 1))  # layers 2..L
             for layer in range(L):
                 self.recurrent[layer].weight.copy_(getattr(lstm, f"weight_hh_l{layer}")[order])
                 if layer:
@@ -98,9 +104,9 @@ class DecoderStep(nn.Module):
                                                       + getattr(lstm, f"bias_hh_l{layer}")[order])
             self.attention = decoder.attention is not None
             if self.attention:
-                self.combine = nn.Linear(H, H, bias=False)  # the combine layer's query half
+                self.combine = _uninitialized(H, H, bias=False)  # the combine layer's query half
                 self.combine.weight.copy_(decoder.attention.combine.weight[:, -H:])
-            self.output = nn.Linear(H, config.tgt_vocab_size)
+            self.output = _uninitialized(H, config.tgt_vocab_size)
             self.output.load_state_dict(decoder.output.state_dict())
 
     def forward(self, prev, h, c, keys=None, context=None, bias=None):
