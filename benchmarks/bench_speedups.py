@@ -29,6 +29,7 @@ import sys
 import time
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 from _common import (
     environment,
@@ -45,12 +46,24 @@ from bench_translate import guard_checked_but_never_stopping
 
 from charmt.batching import collate, encode_pairs, make_batches
 from charmt.config import ModelConfig, TrainConfig
-from charmt.decode import MAX_REPEAT_UNIT, _trim, greedy_decode
+from charmt.decode import MAX_REPEAT_UNIT, _trim
+from charmt.decode import greedy_decode as greedy_search
 from charmt.model import Seq2Seq
+from charmt.torch_engine import TorchEngine
 from charmt.training import make_optimizer
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 # --- a prototype greedy decoder for the seed network ---------------------------------------------------------
+
+
+_ENGINES: dict[int, TorchEngine] = {}
+
+
+def greedy_decode(model: Seq2Seq, src, src_lengths, max_lengths, *, stop_repeats: bool = True):
+    """charmt's greedy search with its PyTorch engine, on tensors as this script's experiments call it."""
+    engine = _ENGINES.setdefault(id(model), TorchEngine(model))
+    return greedy_search(engine, src.numpy(), src_lengths.numpy(), np.asarray(max_lengths),
+                         stop_repeats=stop_repeats)
 
 
 @torch.inference_mode()

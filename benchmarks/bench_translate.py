@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from _common import (
     environment,
@@ -30,28 +31,30 @@ import charmt.decode
 from charmt.config import ModelConfig
 from charmt.decode import beam_search, greedy_decode
 from charmt.model import Seq2Seq
+from charmt.torch_engine import TorchEngine
 from charmt.vocab import END_ID, PAD_ID
 
 
 @contextmanager
 def guard_checked_but_never_stopping():
     """Run the repetition guard's checks (their cost is real) but never stop a sentence for them."""
-    real = charmt.decode._repeats
+    real = charmt.decode._Outputs.push
 
-    def checked(history):
-        real(history)
-        return torch.zeros(history.shape[0], dtype=torch.bool, device=history.device)
+    def checked(self, token):
+        real(self, token)
+        return np.zeros(token.shape[0], dtype=bool)
 
-    charmt.decode._repeats = checked
+    charmt.decode._Outputs.push = checked
     try:
         yield
     finally:
-        charmt.decode._repeats = real
+        charmt.decode._Outputs.push = real
 
 
 def charmt_translate(model, source_vocab, target_vocab, sources: list[str], steps: list[int], batch_size: int,
                      beam: int) -> dict:
     """Translate as Translator does (text -> ids, batches sorted by length, ids -> text), with fixed budgets."""
+    engine = TorchEngine(model)
     start = time.perf_counter()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     chars = 0
@@ -63,11 +66,11 @@ def charmt_translate(model, source_vocab, target_vocab, sources: list[str], step
             src = torch.full((len(ids), int(lengths.max())), PAD_ID, dtype=torch.long)
             for row, x in enumerate(ids):
                 src[row, : len(x)] = torch.tensor(x, dtype=torch.long)
-            limits = torch.tensor([steps[i] for i in index])
+            src, lengths, limits = src.numpy(), lengths.numpy(), np.array([steps[i] for i in index])
             if beam == 1:
-                outs = greedy_decode(model, src, lengths, limits)
+                outs = greedy_decode(engine, src, lengths, limits)
             else:
-                outs = [hyps[0][0] for hyps in beam_search(model, src, lengths, limits, beam=beam)]
+                outs = [hyps[0][0] for hyps in beam_search(engine, src, lengths, limits, beam=beam)]
             chars += sum(len(target_vocab.decode(t)) + 1 for t in outs)
     seconds = time.perf_counter() - start
     return {"sentences_per_s": len(sources) / seconds, "chars_per_s": chars / seconds, "seconds": seconds,

@@ -16,16 +16,16 @@ import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
+from typing import TYPE_CHECKING
 
 from .config import ModelConfig
 from .errors import ConfigError, ModelFormatError
-from .model import Seq2Seq
 from .vocab import Vocab
+
+if TYPE_CHECKING:  # PyTorch is imported by the functions that need it: config.json alone (ModelInfo, load_info)
+    import torch  # is read without it, as an ONNX export is
+
+    from .model import Seq2Seq
 
 FORMAT = "charmt-model"
 FORMAT_VERSION = 1
@@ -162,12 +162,17 @@ def read_json(path: str | os.PathLike):
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    from safetensors.torch import save as save_safetensors_bytes
+
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     atomic_write(path, save_safetensors_bytes(tensors, metadata=metadata))
 
 
 def load_tensors(path: str | os.PathLike, *, with_metadata: bool = False):
     """Read a safetensors file: plain tensors only, never pickled code (and its metadata if asked)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors_bytes
+
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -209,6 +214,10 @@ def load_info(directory: str | os.PathLike) -> ModelInfo:
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
                weights_file: str = WEIGHTS_FILE) -> tuple[Seq2Seq, ModelInfo]:
     """Rebuild the model from config.json and load its weights; errors name the file at fault."""
+    import torch
+
+    from .model import Seq2Seq
+
     info = load_info(directory)
     with torch.device("meta"):  # no random initialisation: it would cost time and the caller's RNG state
         model = Seq2Seq(info.model)
@@ -266,6 +275,8 @@ class TrainState:
 def save_train_state(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      state: TrainState, device: torch.device) -> None:
     """One file, written atomically, so that weights, optimizer, RNG and position can never disagree."""
+    import torch
+
     opt = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors["rng.torch"] = torch.get_rng_state()
@@ -281,6 +292,8 @@ def save_train_state(directory: str | os.PathLike, model: torch.nn.Module, optim
 def load_train_state(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                      device: torch.device) -> TrainState:
     """Restore weights, optimizer, RNG and position from `directory`'s checkpoint."""
+    import torch
+
     path = Path(directory) / CHECKPOINT_FILE
     tensors, metadata = load_tensors(path, with_metadata=True)
     try:

@@ -218,7 +218,11 @@ def cmd_evaluate(args) -> int:
         print("human baseline: no sentence has two references")
     print(f"exact match: {100 * report.exact_match:.1f}%")
     print(f"output length / reference length: {report.length_ratio:.2f}")
-    print(f"masked character accuracy (teacher forcing): {report.masked_accuracy:.4f}")
+    if report.masked_accuracy is None:
+        print("masked character accuracy (teacher forcing): unavailable for an ONNX export (evaluate the model "
+              "directory for it)")
+    else:
+        print(f"masked character accuracy (teacher forcing): {report.masked_accuracy:.4f}")
     print(f"{'source length':>14} {'sentences':>9} {'chrF':>6} {'BLEU':>6} {'exact':>6}")
     for row in report.by_length:
         print(f"{row['lengths']:>14} {row['sentences']:>9} {row['chrf']:>6.1f} {row['bleu']:>6.1f} "
@@ -276,6 +280,19 @@ def cmd_attention(args) -> int:
     source, output, weights = attention_weights(Translator.load(args.model, device=args.device), args.sentence)
     print("".join(output))
     print(plot_attention(source, output, weights, args.png), file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    import warnings
+
+    from .export import export_onnx
+
+    with warnings.catch_warnings():  # the TorchScript exporter's notes (deprecation, shape inference), not ours
+        warnings.simplefilter("ignore")
+        out = export_onnx(args.model, args.onnx, int8=args.int8, overwrite=args.overwrite)
+    _say(f"Exported {args.model} to {out} ({'int8' if args.int8 else 'float32'} ONNX); translate with: charmt "
+         f"translate {out} \"...\" (needs only onnxruntime: pip install 'charmt[onnx]')")
     return 0
 
 
@@ -374,7 +391,7 @@ def _args_train(p: argparse.ArgumentParser) -> None:
 
 
 def _args_translate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory")
+    p.add_argument("model", help="model directory, or an ONNX export of one (charmt export)")
     p.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
     p.add_argument("--beam", type=int, default=1, help="beam size, 1 for greedy (default: 1)")
     p.add_argument("--n-best", type=int, default=1, help="print the K best hypotheses with their scores")
@@ -384,7 +401,7 @@ def _args_translate(p: argparse.ArgumentParser) -> None:
 
 
 def _args_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory")
+    p.add_argument("model", help="model directory, or an ONNX export of one (charmt export)")
     p.add_argument("data", help="pair file; the model's own training file evaluates on its recorded test split")
     p.add_argument("--split", default="auto", choices=["auto", "test", "validation", "all"],
                    help="auto: the recorded test (or validation) split of the training file, else all pairs")
@@ -416,6 +433,14 @@ def _args_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("sentence", help="sentence to translate")
     p.add_argument("--png", required=True, help="where to write the heatmap")
     _add_device(p)
+
+
+def _args_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model directory")
+    p.add_argument("--onnx", required=True, metavar="DIR",
+                   help="write encoder.onnx, decoder_step.onnx and config.json here")
+    p.add_argument("--int8", action="store_true", help="int8 weights (onnxruntime's dynamic quantization)")
+    p.add_argument("--overwrite", action="store_true", help="replace what DIR holds")
 
 
 def _args_split(p: argparse.ArgumentParser) -> None:
@@ -462,7 +487,7 @@ def _args_plot(p: argparse.ArgumentParser) -> None:
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:
-    from .serve import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM
+    from .config import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM
 
     p.add_argument("models", nargs="+", metavar="MODEL_DIR",
                    help="model directories, one per language pair, or a directory of them; DIR=SRC:TGT gives the "
@@ -490,6 +515,8 @@ COMMANDS = [
     ("inspect", "show the one-hot encodings of a pair (the example's exercise)", _args_inspect, cmd_inspect),
     ("demo", "train the tiny preset on the built-in corpus and show translations", _args_demo, cmd_demo),
     ("attention", "translate one sentence and draw its attention heatmap as PNG", _args_attention, cmd_attention),
+    ("export", "write a model as ONNX graphs that translate without PyTorch (onnxruntime)", _args_export,
+     cmd_export),
     ("split", "hold out a multi-reference test set by source sentence (NAME.train.txt, NAME.test.txt)", _args_split,
      cmd_split),
     ("download", "download a manythings.org pair zip (e.g. fra) into the cache", _args_download, cmd_download),
@@ -566,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:
             if debug:
                 raise
+            if isinstance(err, ModuleNotFoundError) and err.name == "torch":  # an install for ONNX exports only
+                print(f"charmt: error: charmt {args.command} needs PyTorch, which is not installed: pip install torch "
+                      "(the README names the CPU and CUDA builds)", file=sys.stderr)
+                return 1
             explained = err if isinstance(err, CharmtError) else explain_machine_error(err)
             if explained is not None:
                 print(f"charmt: error: {explained}", file=sys.stderr)

@@ -15,6 +15,10 @@ ATTENTION_KINDS = ("none", "luong")
 OPTIMIZERS = ("rmsprop", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
+# The server's limits (serve.py), here so that the command line's help shows them without importing the server.
+DEFAULT_MAX_TEXTS = 64  # texts per request
+DEFAULT_MAX_CHARS = 1000  # characters per text
+MAX_BEAM = 10
 
 
 @dataclass

@@ -1,28 +1,53 @@
 """Translating with a trained model: batched greedy decoding, batched beam search, and `Translator`.
 
-Both decoders encode each batch once and carry the LSTM state forward one character at a time (they never
-re-run the prefix), cap the output length relative to the input and stop runaway repetition.
+The searches are written once, over NumPy arrays, and drive an engine: PyTorch's (torch_engine.py, for a model
+directory, on the CPU or CUDA) or onnxruntime's (onnx_engine.py, for a directory `charmt export --onnx` wrote), so
+both engines search exactly alike. An engine has
+
+    encode(src (B, S) int64, lengths (B,) int64) -> state
+    step(prev (N,) int64, state, attention=False) -> logits (N, V) float32, state, attention weights (N, S) or None
+    select(state, rows (N',), sentences (B',) or None) -> state
+
+where the N decoder rows are the K beams of each of the B sentences (N = B x K, beam-major, K = 1 for greedy):
+`select` keeps and reorders decoder rows, and with `sentences` also what is kept per sentence (the encoder's
+outputs, which beams share). Both searches encode each batch once, carry the state forward one character at a time
+(never re-running the prefix), let finished sentences leave the batch, cap each output's length relative to its
+input and stop runaway repetition. This module imports neither PyTorch nor onnxruntime.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
-import torch
+import numpy as np
 
-from .checkpoint import ModelInfo, load_model
+from .checkpoint import ModelInfo, read_json
 from .errors import ConfigError
-from .model import Seq2Seq, resolve_device
-from .vocab import END_ID, PAD_ID, START_ID, Vocab
+from .languages import join_sentences, split_sentences
+from .vocab import END_ID, PAD_ID, START_ID, Vocab, canonical_spaces, collapse_whitespace, normalize
 
 log = logging.getLogger("charmt")
 
 MAX_REPEAT_UNIT = 12  # longest repeated unit ("salade ") the repetition guard looks for
+ENGINES = ("auto", "torch", "onnx")
+
+
+class Engine(Protocol):
+    name: str
+    device: Any
+    model: Any  # the torch module, or None
+
+    def encode(self, src: np.ndarray, lengths: np.ndarray) -> Any: ...
+
+    def step(self, prev: np.ndarray, state: Any, attention: bool = False) -> tuple[np.ndarray, Any, Any]: ...
+
+    def select(self, state: Any, rows: np.ndarray, sentences: np.ndarray | None = None) -> Any: ...
+
+    def memory_bytes(self) -> int: ...
 
 
 @dataclass
@@ -31,71 +56,59 @@ class Hypothesis:
     score: float  # log-probability, divided by length**length_penalty for beam search
 
 
-def output_limits(src_lengths: torch.Tensor, hard_limit: int) -> torch.Tensor:
-    """Longest output per sentence: twice the input plus 10 characters, never more than `hard_limit`."""
-    return torch.clamp(2 * src_lengths + 10, max=hard_limit)
+def output_limits(src_lengths: np.ndarray, hard_limit: int, ratio: float | None = None) -> np.ndarray:
+    """Longest output per sentence: ceil(ratio x input) + 10 characters (ratio: the model's `length_ratio`, 2 for
+    models without one), never more than `hard_limit`."""
+    ratio = 2.0 if ratio is None else ratio
+    lengths = np.asarray(src_lengths, dtype=np.float64)
+    caps = np.ceil(ratio * lengths - 1e-9).astype(np.int64) + 10  # - 1e-9: 2.4 x 5 is 12, not 12.000000000000002
+    return np.minimum(caps, hard_limit)
 
 
-def _repeats(history: torch.Tensor) -> torch.Tensor:
+# --- the repetition guard ---------------------------------------------------------------------------------
+
+_UNITS = np.arange(1, MAX_REPEAT_UNIT + 1)
+_SPAN = np.where(_UNITS == 1, 8, 4) * _UNITS  # a unit of 1 must repeat 8 times, longer units 4 times
+_NEEDED = _SPAN - _UNITS  # tokens equal to the one a unit before them, at the end of such a tail
+
+
+def _repeats(history: np.ndarray) -> np.ndarray:
     """(N, T) token histories -> (N,) True where the tail is one unit repeated (4x for units >= 2, 8x for 1)."""
     N, T = history.shape
-    found = torch.zeros(N, dtype=torch.bool, device=history.device)
-    for unit in range(1, MAX_REPEAT_UNIT + 1):
-        span = unit * (8 if unit == 1 else 4)
+    found = np.zeros(N, dtype=bool)
+    for unit, span in zip(_UNITS, _SPAN):
         if span > T:
             break
         tail = history[:, T - span :]
-        found |= (tail[:, unit:] == tail[:, :-unit]).all(dim=1)
+        found |= (tail[:, unit:] == tail[:, :-unit]).all(axis=1)
     return found
 
 
-def _decoding(function):
-    """inference_mode, with PyTorch's own LSTM kernel: oneDNN's re-packs the weights at every one-step call, which
-    makes decoding ~1.5x slower at batch 1 (benchmarks/RESULTS.md)."""
+class _Outputs:
+    """The tokens written so far by each decoder row, with `_repeats` kept up to date one step at a time: per row
+    and unit, how many of the last tokens equal the token `unit` places before them (a tail of `span` tokens is
+    that unit repeated when the last span - unit tokens all do)."""
 
-    @functools.wraps(function)
-    def run(*args, **kwargs):
-        previous = torch.backends.mkldnn.enabled
-        torch.backends.mkldnn.enabled = False
-        try:
-            with torch.inference_mode():
-                return function(*args, **kwargs)
-        finally:
-            torch.backends.mkldnn.enabled = previous
+    def __init__(self, rows: int, max_steps: int):
+        self.tokens = np.full((rows, MAX_REPEAT_UNIT + max_steps), -1, dtype=np.int64)  # -1: before the start
+        self.runs = np.zeros((rows, MAX_REPEAT_UNIT), dtype=np.int64)
+        self.steps = 0
 
-    return run
+    def push(self, token: np.ndarray) -> np.ndarray:
+        """Append one token per row; True for the rows whose tail now repeats (as `_repeats` says)."""
+        column = MAX_REPEAT_UNIT + self.steps
+        self.tokens[:, column] = token
+        same = self.tokens[:, column - MAX_REPEAT_UNIT : column][:, ::-1] == token[:, None]  # units 1, 2, ... 12
+        np.add(self.runs, 1, out=self.runs)
+        np.multiply(self.runs, same, out=self.runs)
+        self.steps += 1
+        return (self.runs >= _NEEDED).any(axis=1)
 
+    def take(self, rows: np.ndarray) -> None:
+        self.tokens, self.runs = self.tokens[rows], self.runs[rows]
 
-@_decoding
-def greedy_decode(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, max_lengths: torch.Tensor,
-                  *, stop_repeats: bool = True) -> list[list[int]]:
-    """Argmax decoding of a batch; each sentence stops at END, at its max length, or when it starts looping.
-
-    Finished sentences leave the batch, so the last long sentence does not keep the others' work going.
-    """
-    B = src.shape[0]
-    state = model.encode(src, src_lengths)
-    prev = torch.full((B,), START_ID, dtype=torch.long, device=src.device)
-    active = torch.arange(B, device=src.device)  # original row of each row still decoding
-    max_lengths = max_lengths.to(src.device)
-    history = torch.zeros((B, 0), dtype=torch.long, device=src.device)  # of the active rows
-    outputs: list[list[int]] = [[] for _ in range(B)]
-    for step in range(int(max_lengths.max())):
-        logits, state, _ = model.decode_step(prev, state)
-        token = logits.argmax(dim=-1)
-        history = torch.cat([history, token[:, None]], dim=1)
-        done = (token == END_ID) | (step + 1 >= max_lengths[active])
-        if stop_repeats:
-            done |= _repeats(history)
-        if done.any():
-            for row in done.nonzero()[:, 0].tolist():
-                outputs[int(active[row])] = history[row].tolist()
-            keep = (~done).nonzero()[:, 0]
-            if keep.numel() == 0:
-                break
-            state, active, history, token = state.select(keep), active[keep], history[keep], token[keep]
-        prev = token
-    return [_trim(tokens, stop_repeats) for tokens in outputs]
+    def row(self, row: int) -> list[int]:
+        return self.tokens[row, MAX_REPEAT_UNIT : MAX_REPEAT_UNIT + self.steps].tolist()
 
 
 def _trim(tokens: list[int], stop_repeats: bool) -> list[int]:
@@ -113,94 +126,123 @@ def _trim(tokens: list[int], stop_repeats: bool) -> list[int]:
     return tokens
 
 
-@_decoding
-def beam_search(model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, max_lengths: torch.Tensor, *,
-                beam: int = 5, n_best: int = 1, length_penalty: float = 1.0,
+# --- the searches -----------------------------------------------------------------------------------------
+
+
+def greedy_decode(engine: Engine, src: np.ndarray, src_lengths: np.ndarray, max_lengths: np.ndarray, *,
+                  stop_repeats: bool = True) -> list[list[int]]:
+    """Argmax decoding of a batch; each sentence stops at END, at its max length, or when it starts looping.
+
+    Finished sentences leave the batch, so the last long sentence does not keep the others' work going.
+    """
+    B = src.shape[0]
+    max_lengths = np.asarray(max_lengths)
+    state = engine.encode(src, src_lengths)
+    prev = np.full(B, START_ID, dtype=np.int64)
+    active = np.arange(B)  # original row of each row still decoding
+    written = _Outputs(B, int(max_lengths.max()))
+    outputs: list[list[int]] = [[] for _ in range(B)]
+    for step in range(int(max_lengths.max())):
+        logits, state, _ = engine.step(prev, state)
+        token = logits.argmax(axis=1)
+        looping = written.push(token)
+        done = (token == END_ID) | (step + 1 >= max_lengths[active])
+        if stop_repeats:
+            done |= looping
+        if done.any():
+            for row in np.flatnonzero(done):
+                outputs[active[row]] = written.row(row)
+            keep = np.flatnonzero(~done)
+            if keep.size == 0:
+                break
+            state = engine.select(state, keep, keep)
+            active, token = active[keep], token[keep]
+            written.take(keep)
+        prev = token
+    return [_trim(tokens, stop_repeats) for tokens in outputs]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k highest scores of each row, best first (ties: the lower index first)."""
+    index = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    best = np.take_along_axis(scores, index, axis=1)
+    return np.take_along_axis(index, np.lexsort((index, -best), axis=1), axis=1)
+
+
+def beam_search(engine: Engine, src: np.ndarray, src_lengths: np.ndarray, max_lengths: np.ndarray, *,
+                beam: int = 5, n_best: int | None = 1, length_penalty: float = 1.0,
                 stop_repeats: bool = True) -> list[list[tuple[list[int], float]]]:
-    """Batched beam search; returns per sentence its `n_best` hypotheses as (tokens, normalised score).
+    """Batched beam search; returns per sentence its `n_best` hypotheses (None: every finished one) as (tokens,
+    normalised score), best first.
 
     Scores are summed log-probabilities divided by length**length_penalty (END counted). A sentence stops once
     it holds `beam` finished hypotheses; the best ones are kept.
     """
-    if n_best > beam:
+    if n_best is not None and n_best > beam:
         raise ConfigError(f"--n-best ({n_best}) cannot exceed --beam ({beam})")
-    B, K, device = src.shape[0], beam, src.device
-    state = model.encode(src, src_lengths)
-    rows = torch.arange(B, device=device).repeat_interleave(K)
-    state = state.select(rows)  # (B*K) rows, beam-major within each sentence
-    max_lengths = max_lengths.to(device)
-    scores = torch.full((B, K), float("-inf"), device=device)
+    B, K = src.shape[0], beam
+    max_lengths = np.asarray(max_lengths)
+    state = engine.encode(src, src_lengths)
+    state = engine.select(state, np.repeat(np.arange(B), K))  # K rows per sentence, beam-major
+    scores = np.full((B, K), -np.inf)
     scores[:, 0] = 0.0  # all beams start identical: let only the first one expand
-    history = torch.zeros((B, K, 0), dtype=torch.long, device=device)
-    prev = torch.full((B * K,), START_ID, dtype=torch.long, device=device)
-    active = torch.arange(B, device=device)  # original sentence of each active sentence
+    written = _Outputs(B * K, int(max_lengths.max()))
+    prev = np.full(B * K, START_ID, dtype=np.int64)
+    active = np.arange(B)  # original sentence of each active sentence
     finished: list[list[tuple[list[int], float]]] = [[] for _ in range(B)]
 
     def norm(score: float, length: int) -> float:
-        return score / (length**length_penalty) if length_penalty else score
+        return float(score) / (length**length_penalty) if length_penalty else float(score)
 
     for step in range(int(max_lengths.max())):
-        n = active.numel()
-        logits, state, _ = model.decode_step(prev, state)
-        V = logits.shape[-1]
-        logp = torch.log_softmax(logits.float(), dim=-1).view(n, K, V)
-        logp[:, :, PAD_ID] = float("-inf")
-        candidates = (scores[:, :, None] + logp).view(n, K * V)
-        top_scores, top_index = candidates.topk(2 * K, dim=1)  # at most K of them end, so K continue
-        top_beam, top_token = top_index // V, top_index % V
+        n = active.size
+        logits, state, _ = engine.step(prev, state)
+        V = logits.shape[1]
+        logp = _log_softmax(logits).reshape(n, K, V)
+        logp[:, :, PAD_ID] = -np.inf
+        candidates = (scores[:, :, None] + logp).reshape(n, K * V)
+        top_index = _top(candidates, 2 * K)  # at most K of them end, so K continue
+        top_scores = np.take_along_axis(candidates, top_index, axis=1)
+        top_beam, top_token = np.divmod(top_index, V)
         is_end = top_token == END_ID
         at_limit = step + 1 >= max_lengths[active]
         # Hypotheses that end here (END within the best K, or any beam at the length limit).
-        for i, j in (is_end[:, :K] & torch.isfinite(top_scores[:, :K])).nonzero().tolist():
-            sent = int(active[i])
-            finished[sent].append((history[i, top_beam[i, j]].tolist(), norm(float(top_scores[i, j]), step + 1)))
-        # The K best continuing candidates (stable sort keeps score order among non-END ones).
-        order = torch.argsort(is_end.int(), dim=1, stable=True)[:, :K]
-        beam_index = top_beam.gather(1, order)
-        token = top_token.gather(1, order)
-        scores = top_scores.gather(1, order)
-        history = torch.cat([history.gather(1, beam_index[:, :, None].expand(-1, -1, history.shape[2])),
-                             token[:, :, None]], dim=2)
+        for i, j in np.argwhere(is_end[:, :K] & np.isfinite(top_scores[:, :K])):
+            finished[active[i]].append((written.row(i * K + top_beam[i, j]), norm(top_scores[i, j], step + 1)))
+        # The K best continuing candidates (a stable sort keeps score order among non-END ones).
+        order = np.argsort(is_end, axis=1, kind="stable")[:, :K]
+        beam_index = np.take_along_axis(top_beam, order, axis=1)
+        token = np.take_along_axis(top_token, order, axis=1)
+        scores = np.take_along_axis(top_scores, order, axis=1)
+        rows = (np.arange(n)[:, None] * K + beam_index).reshape(-1)  # the row each new beam continues
+        written.take(rows)
+        looping = written.push(token.reshape(-1)).reshape(n, K)
         if stop_repeats:
-            looping = _repeats(history.view(n * K, -1)).view(n, K)
-            for i, j in (looping & torch.isfinite(scores)).nonzero().tolist():
-                tokens = _trim(history[i, j].tolist(), True)
-                finished[int(active[i])].append((tokens, norm(float(scores[i, j]), step + 1)))
-            scores = scores.masked_fill(looping, float("-inf"))
-        for i in at_limit.nonzero()[:, 0].tolist():
-            for j in range(K):
-                if math.isfinite(float(scores[i, j])):
-                    finished[int(active[i])].append((history[i, j].tolist(), norm(float(scores[i, j]), step + 1)))
-        done = at_limit | ~torch.isfinite(scores).any(dim=1)
-        done |= torch.tensor([len(finished[int(s)]) >= K for s in active.tolist()], device=device)
-        keep = (~done).nonzero()[:, 0]
-        if keep.numel() == 0:
+            for i, j in np.argwhere(looping & np.isfinite(scores)):
+                finished[active[i]].append((_trim(written.row(i * K + j), True), norm(scores[i, j], step + 1)))
+            scores = np.where(looping, -np.inf, scores)
+        for i in np.flatnonzero(at_limit):
+            for j in np.flatnonzero(np.isfinite(scores[i])):
+                finished[active[i]].append((written.row(i * K + j), norm(scores[i, j], step + 1)))
+        done = at_limit | ~np.isfinite(scores).any(axis=1)
+        done |= np.array([len(finished[s]) >= K for s in active])
+        keep = np.flatnonzero(~done)
+        if keep.size == 0:
             break
-        if keep.numel() < n:
-            flat = (keep[:, None] * K + torch.arange(K, device=device)[None, :]).view(-1)
-            state, active = state.select(flat), active[keep]
-            scores, history, token, beam_index = scores[keep], history[keep], token[keep], beam_index[keep]
-        base = (torch.arange(active.numel(), device=device) * K)[:, None]
-        state = state.select((base + beam_index).view(-1))
+        if keep.size < n:
+            flat = (keep[:, None] * K + np.arange(K)).reshape(-1)
+            state = engine.select(state, rows[flat], keep)
+            active, scores, token = active[keep], scores[keep], token[keep]
+            written.take(flat)
+        else:
+            state = engine.select(state, rows)
         prev = token.reshape(-1)
     return [sorted(hyps, key=lambda h: -h[1])[:n_best] for hyps in finished]
-
-
-_SENTENCE_BREAK = re.compile(r"[.!?…][\"'»”’)\]]*\s+")  # end punctuation, closing quotes, then space
-_OPENING = "\"'«“‘(¿¡["
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split a paragraph where ., !, ? or … (and any closing quotes) is followed by space and a capital letter
-    or digit (a model trained on sentences should not be fed a paragraph in one piece)."""
-    pieces, start = [], 0
-    for match in _SENTENCE_BREAK.finditer(text):
-        following = text[match.end() :].lstrip(_OPENING)[:1]
-        if following and (following.isupper() or following.isdigit()):
-            pieces.append(text[start : match.end()])
-            start = match.end()
-    pieces.append(text[start:])
-    return [p.strip() for p in pieces if p.strip()]
 
 
 def _batches_by_length(lengths: list[int], batch_size: int, max_chars: int = 16_384) -> list[list[int]]:
@@ -215,19 +257,75 @@ def _batches_by_length(lengths: list[int], batch_size: int, max_chars: int = 16_
     return batches
 
 
-class Translator:
-    """A loaded model ready to translate: `Translator.load("model_dir").translate(["Hello."])`."""
+# --- Translator -------------------------------------------------------------------------------------------
 
-    def __init__(self, model: Seq2Seq, info: ModelInfo, device: torch.device):
-        self.model, self.info, self.device = model.to(device).eval(), info, device
+
+def is_onnx_export(directory: str | os.PathLike) -> bool:
+    """Whether `directory` holds an ONNX export (`charmt export --onnx`) rather than a PyTorch model."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return False
+    config = read_json(path)
+    return isinstance(config, dict) and isinstance(config.get("export"), dict)
+
+
+class Translator:
+    """A loaded model ready to translate: `Translator.load("model_dir").translate(["Hello."])`.
+
+    `Translator(model, info, device)` wraps a PyTorch `Seq2Seq` (as training's validation does);
+    `Translator(None, info, engine=...)` any other engine.
+    """
+
+    def __init__(self, model, info: ModelInfo, device=None, *, engine: Engine | None = None):
+        if engine is None:
+            from .torch_engine import TorchEngine
+
+            engine = TorchEngine(model, device if device is not None else "cpu")
+        self.engine, self.info = engine, info
+        self.model, self.device = engine.model, engine.device
         self.keras_compat = info.keras_compat
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str = "auto") -> Translator:
-        device = resolve_device(device)
-        model, info = load_model(directory, device)
-        log.info("model %s (%s preset) on device %s", directory, info.preset, device)
-        return cls(model, info, device)
+    def load(cls, directory: str | os.PathLike, device: str = "auto", *, engine: str = "auto") -> Translator:
+        """A model directory (PyTorch) or an ONNX export (onnxruntime); `engine` "auto" tells them apart."""
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        exported = is_onnx_export(directory)
+        if engine == "auto":
+            engine = "onnx" if exported else "torch"
+        if engine == "onnx":
+            if not exported:
+                raise ConfigError(f"{directory} is a PyTorch model directory, not an ONNX export: export it with "
+                                  f"`charmt export {directory} --onnx DIR` and load DIR, or use the torch engine")
+            from .onnx_engine import OnnxEngine
+
+            runner = OnnxEngine(directory, device)
+            translator = cls(None, runner.info, engine=runner)
+        else:
+            if exported:
+                raise ConfigError(f"{directory} holds an ONNX export, which has no PyTorch weights: load it with the "
+                                  "onnx engine (the default), or load the model directory it was exported from")
+            translator = cls._load_torch(directory, device)
+        info = translator.info
+        log.info("model %s (%s preset, %s→%s) on %s, %s", directory, info.preset, info.source_lang or "?",
+                 info.target_lang or "?", translator.device, getattr(translator.engine, "description",
+                                                                     translator.engine.name))
+        return translator
+
+    @classmethod
+    def _load_torch(cls, directory, device: str) -> Translator:
+        try:
+            from .checkpoint import load_model
+            from .model import resolve_device
+        except ModuleNotFoundError as err:
+            if err.name != "torch":
+                raise
+            raise ConfigError(f"{directory} is a PyTorch model and PyTorch is not installed: pip install torch (the "
+                              "README names the CPU and CUDA builds), or translate an ONNX export of it (charmt "
+                              "export MODEL --onnx DIR, where PyTorch is installed)") from None
+        resolved = resolve_device(device)
+        model, info = load_model(directory, resolved)
+        return cls(model, info, resolved)
 
     @property
     def source_vocab(self) -> Vocab:
@@ -245,14 +343,17 @@ class Translator:
 
     def translate_n_best(self, texts: list[str], *, beam: int = 1, n_best: int = 1, batch_size: int = 128,
                          split: bool = True, warn: bool = True) -> list[list[Hypothesis]]:
-        """Up to `n_best` hypotheses per input (greedy when beam == 1). Multi-sentence inputs are split into
-        sentences, translated in one batch and rejoined (the score is then the sum over the sentences)."""
+        """Up to `n_best` hypotheses per input (greedy when beam == 1), never two that differ only in whitespace
+        (so there may be fewer). Multi-sentence inputs are split into sentences, translated in one batch and
+        rejoined (the score is then the sum over the sentences)."""
         if beam < 1 or n_best < 1:
             raise ConfigError("--beam and --n-best must be at least 1")
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if beam == 1 and n_best > 1:
             raise ConfigError("--n-best needs beam search: add --beam N with N >= n-best")
+        if n_best > beam:
+            raise ConfigError(f"--n-best ({n_best}) cannot exceed --beam ({beam})")
         pieces = self._sentences(texts, split)
         if warn:
             for message in self._warnings([s for _, s in pieces]):
@@ -266,18 +367,28 @@ class Translator:
             if len(parts) == 1:
                 joined[i] = parts[0]
             else:  # rejoin the best of each sentence; alternatives only make sense sentence by sentence
-                joined[i] = [Hypothesis(" ".join(p[0].text for p in parts if p), sum(p[0].score for p in parts if p))]
+                text = join_sentences([p[0].text for p in parts if p], self.info.target_lang)
+                joined[i] = [Hypothesis(text, sum(p[0].score for p in parts if p))]
         return joined
 
+    def _clean(self, text: str) -> str:
+        """The input as the model saw its training sources: typographic spaces plain where it was trained so,
+        whitespace runs (tabs, newlines) one space."""
+        text = str(text)
+        if self.info.selection.get("canonical_spaces"):
+            text = canonical_spaces(text)
+        return collapse_whitespace(text)
+
     def _sentences(self, texts: list[str], split: bool) -> list[tuple[int, str]]:
-        """(input index, sentence) for every sentence of every non-blank input, whitespace collapsed."""
+        """(input index, sentence) for every sentence of every non-blank input, split by the source language's
+        rules."""
         pieces: list[tuple[int, str]] = []
         for i, text in enumerate(texts):
-            text = " ".join(str(text).split())  # tabs, newlines and runs of spaces become one space
+            text = self._clean(text)
             if not text:
                 continue
-            for sentence in split_sentences(text) if split and not self.keras_compat else [text]:
-                pieces.append((i, sentence))
+            sentences = split_sentences(text, self.info.source_lang) if split and not self.keras_compat else [text]
+            pieces.extend((i, sentence) for sentence in sentences)
         return pieces
 
     def input_warnings(self, texts: list[str], *, split: bool = True) -> list[str]:
@@ -299,16 +410,22 @@ class Translator:
                             "characters); expect poor output")
         return messages
 
-    def _encode_sources(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_sources(self, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
         ids = [self.source_vocab.encode(s) for s in sentences]
         if self.keras_compat:  # the example feeds every input padded with spaces to a fixed length
             length, pad = self.keras_compat["source_length"], self.source_vocab.index[self.keras_compat["pad_char"]]
             ids = [(seq + [pad] * length)[:length] for seq in ids]
-        lengths = torch.tensor([len(x) for x in ids])
-        src = torch.full((len(ids), int(lengths.max())), PAD_ID, dtype=torch.long)
+        lengths = np.array([len(x) for x in ids], dtype=np.int64)
+        src = np.full((len(ids), int(lengths.max())), PAD_ID, dtype=np.int64)
         for row, seq in enumerate(ids):
-            src[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return src.to(self.device), lengths
+            src[row, : len(seq)] = seq
+        return src, lengths
+
+    def _limits(self, lengths: np.ndarray) -> np.ndarray:
+        if self.keras_compat:  # the example stops only at "\n" or after max_decode_length + 1 characters
+            return np.full_like(lengths, self.keras_compat["max_decode_length"] + 1)
+        return output_limits(lengths, hard_limit=max(2 * self.info.max_target_length, 64),
+                             ratio=self.info.length_ratio)
 
     def _text(self, tokens: list[int]) -> str:
         if self.keras_compat:  # the example writes out every character it predicts, a tab included
@@ -318,55 +435,52 @@ class Translator:
     def _translate_sentences(self, sentences: list[str], beam: int, n_best: int,
                              batch_size: int) -> list[list[Hypothesis]]:
         results: list[list[Hypothesis]] = [[] for _ in sentences]
+        stop_repeats = not self.keras_compat
         for batch in _batches_by_length([len(s) for s in sentences], batch_size):
             src, lengths = self._encode_sources([sentences[i] for i in batch])
-            if self.keras_compat:  # the example stops only at "\n" or after max_decode_length + 1 characters
-                limits = torch.full_like(lengths, self.keras_compat["max_decode_length"] + 1)
-            else:
-                limits = output_limits(lengths, hard_limit=max(2 * self.info.max_target_length, 64))
-            stop_repeats = not self.keras_compat
+            limits = self._limits(lengths)
             if beam == 1:
-                outs = greedy_decode(self.model, src, lengths, limits, stop_repeats=stop_repeats)
+                outs = greedy_decode(self.engine, src, lengths, limits, stop_repeats=stop_repeats)
                 for i, tokens in zip(batch, outs):
                     results[i] = [Hypothesis(self._text(tokens), float("nan"))]
-            else:
-                outs = beam_search(self.model, src, lengths, limits, beam=beam, n_best=n_best,
-                                   stop_repeats=stop_repeats)
-                for i, hyps in zip(batch, outs):
-                    results[i] = [Hypothesis(self._text(t), s) for t, s in hyps]
+                continue
+            outs = beam_search(self.engine, src, lengths, limits, beam=beam, n_best=None, stop_repeats=stop_repeats)
+            for i, hyps in zip(batch, outs):
+                distinct: dict[str, Hypothesis] = {}  # best first: the first of each whitespace-collapsed text
+                for tokens, score in hyps:
+                    text = self._text(tokens)
+                    distinct.setdefault(collapse_whitespace(text), Hypothesis(text, score))
+                results[i] = list(distinct.values())[:n_best]
         return results
 
 
-@_decoding
 def attention_weights(translator: Translator, sentence: str) -> tuple[list[str], list[str], list[list[float]]]:
     """Greedy-decode one sentence (whitespace collapsed, not split) and return its source characters, its output
     characters and the attention weights: one row per output character, one column per source character.
 
     The output is the one `translator.translate([sentence], split=False)` gives; each row sums to 1.
     """
-    from .vocab import normalize
-
-    if translator.model.config.attention == "none":
+    if translator.info.model.attention == "none":
         raise ConfigError("this model has no attention weights to show (it was trained with --attention none); "
                           "train one with --attention luong")
-    sentence = " ".join(str(sentence).split())
+    sentence = translator._clean(sentence)
     if not sentence:
         raise ConfigError("attention needs a non-empty sentence")
-    model, target = translator.model, translator.target_vocab
+    engine, target = translator.engine, translator.target_vocab
     src, lengths = translator._encode_sources([sentence])
-    limit = int(output_limits(lengths, hard_limit=max(2 * translator.info.max_target_length, 64))[0])
-    state = model.encode(src, lengths)
-    prev = torch.full((1,), START_ID, dtype=torch.long, device=src.device)
-    tokens: list[int] = []
+    limit = int(translator._limits(lengths)[0])
+    state = engine.encode(src, lengths)
+    prev = np.full(1, START_ID, dtype=np.int64)
+    written = _Outputs(1, limit)
     rows: list[list[float]] = []
     for _ in range(limit):
-        logits, state, weights = model.decode_step(prev, state)
-        prev = logits.argmax(dim=-1)
-        tokens.append(int(prev[0]))
-        rows.append(weights[0].float().cpu().tolist())
-        if tokens[-1] == END_ID or bool(_repeats(torch.tensor([tokens]))[0]):
+        logits, state, weights = engine.step(prev, state, attention=True)
+        prev = logits.argmax(axis=1)
+        rows.append(weights[0].tolist())
+        looping = written.push(prev)[0]
+        if int(prev[0]) == END_ID or looping:
             break
-    tokens = _trim(tokens, True)
+    tokens = _trim(written.row(0), True)
     source = list(normalize(sentence))  # one source column per character the encoder read
     output, matrix = [], []
     for token, row in zip(tokens, rows):
@@ -375,3 +489,4 @@ def attention_weights(translator: Translator, sentence: str) -> tuple[list[str],
         output.append(target.decode([token]))
         matrix.append(row[: len(source)])
     return source, output, matrix
+

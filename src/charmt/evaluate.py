@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from . import checkpoint as ckpt
-from .batching import EncodedPairs, collate, encode_pairs
 from .data import Corpus, Pair, pairs_at_lines, read_corpus, references_by_source
 from .decode import Translator
 from .errors import DataError
 from .languages import bleu_tokenizer
 from .metrics import masked_accuracy, score_translations
-from .model import Seq2Seq
 from .vocab import PAD_ID
+
+if TYPE_CHECKING:  # PyTorch only for the teacher-forced metrics: an ONNX export is evaluated without it
+    import torch
+
+    from .batching import EncodedPairs
+    from .model import Seq2Seq
 
 LENGTH_BUCKETS = (10, 20, 30, 50, 80)  # upper bounds (characters of the source) of the breakdown's buckets
 
@@ -30,8 +33,8 @@ class EvalReport:
     chrf: float  # against every reference of each sentence
     bleu: float
     exact_match: float
-    masked_accuracy: float
-    loss: float
+    masked_accuracy: float | None  # None for an ONNX export: teacher forcing needs the PyTorch model
+    loss: float | None
     source_lang: str | None = None
     target_lang: str | None = None
     bleu_tokenizer: str = "13a"  # sacrebleu's, chosen for the target language (languages.bleu_tokenizer)
@@ -87,9 +90,13 @@ def evaluate(translator: Translator, pairs: list[Pair], *, split: str = "file", 
     tokenize, note = bleu_tokenizer(info.target_lang)
     scores = score_translations(hypotheses, references, tokenize=tokenize)
     single = score_translations(hypotheses, [refs[:1] for refs in references], tokenize=tokenize)
-    loss, accuracy = teacher_forced_metrics(
-        translator.model, encode_pairs(pairs, translator.source_vocab, translator.target_vocab), translator.device
-    )
+    loss = accuracy = None
+    if translator.model is not None:
+        from .batching import encode_pairs
+
+        loss, accuracy = teacher_forced_metrics(
+            translator.model, encode_pairs(pairs, translator.source_vocab, translator.target_vocab), translator.device
+        )
     reference_chars = sum(sum(map(len, refs)) / len(refs) for refs in references)
     return EvalReport(
         split=split, pairs=len(pairs), sentences=len(unique),
@@ -118,20 +125,24 @@ def human_baseline(hypotheses: list[str], references: list[list[str]], *, tokeni
             "chrf_ratio": model.chrf / human.chrf if human.chrf else float("nan")}
 
 
-@torch.inference_mode()
 def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.device, batch_size: int = 256):
     """Mean cross-entropy and masked character accuracy over all non-PAD target positions."""
+    import torch
+
+    from .batching import collate
+
     model.eval()
     loss_sum, correct, total = 0.0, 0.0, 0
     order = sorted(range(len(data)), key=lambda i: len(data.sources[i]))
-    for s in range(0, len(order), batch_size):
-        src, lengths, tgt_in, tgt_out = collate(data, order[s : s + batch_size], device)
-        logits, loss = model(src, lengths, tgt_in, tgt_out)
-        mask = tgt_out != PAD_ID
-        n = int(mask.sum())
-        loss_sum += float(loss) * n
-        correct += masked_accuracy(logits, tgt_out, mask) * n
-        total += n
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            src, lengths, tgt_in, tgt_out = collate(data, order[s : s + batch_size], device)
+            logits, loss = model(src, lengths, tgt_in, tgt_out)
+            mask = tgt_out != PAD_ID
+            n = int(mask.sum())
+            loss_sum += float(loss) * n
+            correct += masked_accuracy(logits, tgt_out, mask) * n
+            total += n
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .vocab import collapse_whitespace
+
+if TYPE_CHECKING:
+    import torch
 
 
 def masked_accuracy(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
@@ -72,6 +74,8 @@ def masked_accuracy_one_hot(y_true, y_pred) -> float:
     not counted (the example's mask, `reduce_max(y_true, axis=-1)`): so padding must be all-zero rows, as in
     `one_hot_arrays`, not a real character's one-hot as in the example's own arrays.
     """
+    import torch
+
     y_true, y_pred = torch.as_tensor(y_true, dtype=torch.float32), torch.as_tensor(y_pred, dtype=torch.float32)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ in shape")

@@ -87,11 +87,15 @@ class Encoder(nn.Module):
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             packed_out, (h, c) = self.lstm(packed)
             outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])
+        return outputs, self.bridge(h, c)
+
+    def bridge(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM's final states (L*D, B, H) -> the decoder's initial states (L, B, hidden_size)."""
         if self.bridged:  # each layer's final states, all directions side by side, mapped to the decoder's size
-            L, D, B, H = self.config.num_layers, self.directions, src.shape[0], self.hidden_size
-            h = torch.tanh(self.bridge_h(h.view(L, D, B, H).permute(0, 2, 1, 3).reshape(L, B, D * H)))
-            c = self.bridge_c(c.view(L, D, B, H).permute(0, 2, 1, 3).reshape(L, B, D * H))
-        return outputs, (h.contiguous(), c.contiguous())
+            L, D, H = self.config.num_layers, self.directions, self.hidden_size
+            h = torch.tanh(self.bridge_h(h.view(L, D, -1, H).permute(0, 2, 1, 3).reshape(L, -1, D * H)))
+            c = self.bridge_c(c.view(L, D, -1, H).permute(0, 2, 1, 3).reshape(L, -1, D * H))
+        return h.contiguous(), c.contiguous()
 
     def _run_by_length(self, x: torch.Tensor, lengths: torch.Tensor, distinct: list[int]):
         """One unpacked LSTM call per distinct length, each on its sentences without padding: the same result as

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM  # (defined there for the command line's help)
 from .errors import CharmtError, ConfigError, ModelFormatError
 from .languages import check_code, is_rtl, name_of
 
@@ -38,9 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("charmt")
 
-DEFAULT_MAX_TEXTS = 64  # texts per request
-DEFAULT_MAX_CHARS = 1000  # characters per text
-MAX_BEAM = 10
 BATCH_WAIT_S = 0.005  # how long the first request of a batch waits for others to join it
 MAX_BATCH_TEXTS = 128  # texts per model call (the Translator's default batch size)
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
@@ -95,9 +93,9 @@ class ServedModel:
         return self.translator.info.model.attention != "none"
 
     def memory_mb(self) -> float:
-        """Weights and buffers of the model (what each further model adds, less PyTorch's own caches)."""
-        tensors = [*self.translator.model.parameters(), *self.translator.model.buffers()]
-        return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+        """Weights and buffers of the model (what each further model adds, less the engine's own caches); for an
+        ONNX export, the size of its graphs."""
+        return self.translator.engine.memory_bytes() / 2**20
 
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "target": self.target,
