@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 
-import pytest
 import numpy as np
+import pytest
 import torch
 
 import charmt.training
