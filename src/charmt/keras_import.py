@@ -20,7 +20,7 @@ import math
 import os
 import re
 import zipfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,38 +75,14 @@ def import_keras(path: str | os.PathLike, out_dir: str | os.PathLike, *, source_
     if ckpt.is_model_dir(out_dir) and not overwrite:
         raise ConfigError(f"{out_dir} already holds a model; pass --overwrite to replace it")
     weights = read_keras(path)
-
-    info_data: dict = {"keras_model": str(path), "keras_version": weights.keras_version}
-    validation: list[int] = []
     if data is not None:
-        corpus = read_corpus(data, reverse=selection.reverse)
-        # All selected pairs in the example's order (no split: the example held out after building its tables).
-        pairs = select(corpus, replace(selection, validation_fraction=0.0, test_fraction=0.0)).train
-        src_chars = sorted({ch for p in pairs for ch in p.source})
-        tgt_chars = sorted({ch for p in pairs for ch in START + p.target + END})
-        source_length = source_length or max(len(p.source) for p in pairs)
-        max_decode_length = max_decode_length or max(len(p.target) for p in pairs) + 2
-        not_nfc = sum(normalize(p.source) != p.source for p in pairs)
-        if not_nfc:
-            log.warning("%d selected source(s) are not NFC-normalised; charmt normalises its inputs, so typed "
-                        "sentences may differ from the example's encoding", not_nfc)
-        # Keras's validation_split held out the last fraction of the arrays, unshuffled.
-        split_at = math.floor(len(pairs) * (1.0 - selection.validation_fraction))
-        validation = [p.line for p in pairs[split_at:]]
-        where = f"the vocabulary rebuilt from {data}"
-        hint = (f"the selection must be the notebook's: check that --data is the file it read and "
-                f"--max-input-length ({selection.max_input_length}), --num-samples ({selection.num_samples}), "
-                f"--shuffle-seed ({selection.seed}) and --dedupe ({'on' if selection.dedupe else 'off'})")
-        info_data.update(path=str(data), sha256=corpus.sha256, samples=len(pairs), max_input_length=source_length,
-                         max_target_length=max_decode_length)
+        tables = _tables_from_data(data, selection, source_length, max_decode_length)
     else:
-        src_chars, tgt_chars = sorted(set(source_chars)), sorted(set(target_chars))
-        source_length = source_length or selection.max_input_length
-        if not max_decode_length or not source_length:
-            raise ConfigError("with --source-chars, give --max-decode-length: the notebook's max_decoder_seq_length, "
-                              "printed as 'Max sequence length for outputs' (and --source-length if its inputs were "
-                              "not padded to --max-input-length)")
-        where, hint = "--source-chars/--target-chars", "give every character of the notebook's tables exactly once"
+        tables = _tables_from_chars(source_chars, target_chars, source_length or selection.max_input_length,
+                                    max_decode_length)
+    src_chars, tgt_chars, where, hint = tables.src_chars, tables.tgt_chars, tables.where, tables.hint
+    source_length, max_decode_length = tables.source_length, tables.max_decode_length
+    info_data = {"keras_model": str(path), "keras_version": weights.keras_version, **tables.data}
 
     _check_sizes(weights, src_chars, tgt_chars, where, hint)
     if PAD_CHAR not in src_chars:
@@ -131,10 +107,64 @@ def import_keras(path: str | os.PathLike, out_dir: str | os.PathLike, *, source_
         (out_dir / stale).unlink(missing_ok=True)
     ckpt.save_model(out_dir, model, info)
     if data is not None:
-        ckpt.write_json(out_dir / ckpt.SPLIT_FILE, {"data": str(data), "sha256": corpus.sha256,
-                                                    "train": len(pairs) - len(validation), "validation": validation,
-                                                    "test": []})
+        ckpt.write_json(out_dir / ckpt.SPLIT_FILE, {"data": str(data), "sha256": tables.data["sha256"],
+                                                    "train": tables.data["samples"] - len(tables.validation),
+                                                    "validation": tables.validation, "test": []})
     return info
+
+
+@dataclass
+class _Tables:
+    """The example's character tables and lengths, and where they came from (for error messages)."""
+
+    src_chars: list[str]
+    tgt_chars: list[str]
+    source_length: int
+    max_decode_length: int
+    where: str
+    hint: str
+    data: dict = field(default_factory=dict)  # what config.json records about the data file
+    validation: list[int] = field(default_factory=list)  # line numbers of the pairs Keras held out
+
+
+def _tables_from_data(data, selection: SelectionConfig, source_length: int | None,
+                      max_decode_length: int | None) -> _Tables:
+    """The tables rebuilt from the pair file the notebook read, selected as the notebook selected."""
+    corpus = read_corpus(data, reverse=selection.reverse)
+    # All selected pairs in the example's order (no split: the example held out after building its tables).
+    pairs = select(corpus, replace(selection, validation_fraction=0.0, test_fraction=0.0)).train
+    source_length = source_length or max(len(p.source) for p in pairs)
+    max_decode_length = max_decode_length or max(len(p.target) for p in pairs) + 2
+    not_nfc = sum(normalize(p.source) != p.source for p in pairs)
+    if not_nfc:
+        log.warning("%d selected source(s) are not NFC-normalised; charmt normalises its inputs, so typed "
+                    "sentences may differ from the example's encoding", not_nfc)
+    # Keras's validation_split held out the last fraction of the arrays, unshuffled.
+    split_at = math.floor(len(pairs) * (1.0 - selection.validation_fraction))
+    hint = (f"the selection must be the notebook's: check that --data is the file it read and "
+            f"--max-input-length ({selection.max_input_length}), --num-samples ({selection.num_samples}), "
+            f"--shuffle-seed ({selection.seed}) and --dedupe ({'on' if selection.dedupe else 'off'})")
+    return _Tables(
+        src_chars=sorted({ch for p in pairs for ch in p.source}),
+        tgt_chars=sorted({ch for p in pairs for ch in START + p.target + END}),
+        source_length=source_length, max_decode_length=max_decode_length,
+        where=f"the vocabulary rebuilt from {data}", hint=hint,
+        data=dict(path=str(data), sha256=corpus.sha256, samples=len(pairs), max_input_length=source_length,
+                  max_target_length=max_decode_length),
+        validation=[p.line for p in pairs[split_at:]],
+    )
+
+
+def _tables_from_chars(source_chars: str, target_chars: str, source_length: int | None,
+                       max_decode_length: int | None) -> _Tables:
+    """The tables given character by character (--source-chars/--target-chars)."""
+    if not max_decode_length or not source_length:
+        raise ConfigError("with --source-chars, give --max-decode-length: the notebook's max_decoder_seq_length, "
+                          "printed as 'Max sequence length for outputs' (and --source-length if its inputs were "
+                          "not padded to --max-input-length)")
+    return _Tables(sorted(set(source_chars)), sorted(set(target_chars)), source_length, max_decode_length,
+                   where="--source-chars/--target-chars",
+                   hint="give every character of the notebook's tables exactly once")
 
 
 def _check_sizes(weights: KerasSeq2Seq, src_chars: list[str], tgt_chars: list[str], where: str, hint: str) -> None:
