@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
+import numpy as np
 import pytest
 import sacrebleu
 
@@ -15,6 +17,7 @@ from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.config import SelectionConfig, updated
 from charmt.data import read_corpus, select
+from charmt.decode import Translator
 from charmt.evaluate import human_baseline
 from charmt.languages import bleu_tokenizer, is_rtl, join_sentences, languages_of_file, name_of, split_sentences
 from charmt.metrics import score_translations
@@ -210,3 +213,48 @@ def test_hebrew_model_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["translate", str(out), "אני רואה את הספרים."]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+# --- a target language much longer than the source ------------------------------------------------------------
+
+
+class _NeverEnds:
+    """An engine whose every decoder row writes the same 13-character cycle and never END: longer than any unit
+    the repetition guard looks for, so only the output cap stops it."""
+
+    name, device, model = "never-ends", "cpu", None
+
+    def __init__(self, cycle: list[int], vocab_size: int):
+        self.cycle, self.vocab_size = cycle, vocab_size
+
+    def encode(self, src, lengths):
+        return np.zeros(src.shape[0], dtype=np.int64)  # the step each row is at
+
+    def step(self, prev, steps, attention=False):
+        tokens = [self.cycle[s % len(self.cycle)] for s in steps]
+        return 10 * np.eye(self.vocab_size, dtype=np.float32)[tokens], steps + 1, None
+
+    def select(self, steps, rows, sentences=None):
+        return steps[rows]
+
+    def memory_bytes(self):
+        return 0
+
+
+def test_targets_four_times_longer_than_sources_set_the_models_output_cap(tmp_path):
+    # "ab." -> "ab ab ab ab." style pairs: every target is about 4x its source.
+    words = ["ka", "lo", "mi", "nu", "pe", "ri", "so", "tu", "va", "zo"]
+    lines = [f"{a}{b}.\t" + " ".join([a + b] * 4) + "." for a, b in itertools.product(words, words[:6])]
+    data = write_pairs(tmp_path / "pairs.txt", lines)
+    out = tmp_path / "long"
+    train(data, out, model_config=TINY_MODEL, train_config=updated(TINY_TRAIN, epochs=1, eval_sentences=3),
+          selection=updated(TINY_SELECTION, test_fraction=0.0))
+    info = ckpt.load_info(out)
+    assert 3.5 <= info.length_ratio <= 4.0  # "kalo." (5) -> "kalo kalo kalo kalo." (20)
+    assert info.max_target_length == 20
+    cycle = [info.target_vocab.index[c] for c in "klmnoprstuvz."]
+    translator = Translator(None, info, engine=_NeverEnds(cycle, len(info.target_vocab)))
+    for source in ("kalo.", "kalo mipe."):
+        n = len(source)
+        # The old fixed rule, 2n + 10, would cut such a translation short.
+        assert len(translator.translate([source])[0]) == math.ceil(info.length_ratio * n) + 10 > 2 * n + 10
