@@ -1,7 +1,9 @@
 """Inference speed and quality of a trained model, every engine side by side in one run (issue 16).
 
-    .venv/bin/python benchmarks/bench_inference.py                  # about 10 minutes on 2 loaded cores
-    .venv/bin/python benchmarks/bench_inference.py --rounds 1 --one 20 --batched 256 --beam-sentences 64 --no-quality
+    charmt split fra.txt --test-sentences 2000 --seed 1 --out heldout
+    charmt train heldout/fra.train.txt --preset base --time-budget 30 --out models/fra-base-30m
+    .venv/bin/python benchmarks/bench_inference.py --model models/fra-base-30m --test heldout/fra.test.txt
+    # quick look: --rounds 1 --one 20 --batched 256 --beam-sentences 64 --no-quality
 
 Rows, each measured in every round, the rounds interleaved (medians reported):
 - whole process, as a user runs it: `charmt --help`; `charmt translate DIR "I am cold."` with the model directory
@@ -34,9 +36,8 @@ ENGINES = ("PyTorch fp32", "PyTorch int8", "onnxruntime fp32", "onnxruntime int8
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="/work/runs/models/fra-base-30m", help="model directory (default: %(default)s)")
-    p.add_argument("--test", default="/work/runs/splits/fra/fra.test.txt",
-                   help="held-out pair file (default: %(default)s)")
+    p.add_argument("--model", required=True, help="a model directory trained by charmt (base preset, real data)")
+    p.add_argument("--test", required=True, help="held-out pair file (charmt split)")
     p.add_argument("--exports", type=Path, default=RESULTS_DIR / "exports",
                    help="where the ONNX exports are written (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every speed row (default: 3)")
