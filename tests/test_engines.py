@@ -256,3 +256,13 @@ def test_commands_that_need_pytorch_say_so_in_one_line(tiny_model_dir, pair_file
     assert done.stderr.splitlines()[:-1] == ["charmt: error: charmt train needs PyTorch, which is not installed: pip "
                                              "install torch (the README names the CPU and CUDA builds)"]
 
+
+
+def test_loading_and_translating_import_nothing_heavy_beyond_torch(tiny_model_dir):
+    # torch._dynamo (via the meta device's Python reference ops) and sympy once cost 2.5 s and 1 s of start-up.
+    code = ("import sys; from charmt.decode import Translator; "
+            f"Translator.load({str(tiny_model_dir)!r}, device='cpu').translate(['I see the cat.'], beam=2); "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

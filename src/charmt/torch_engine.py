@@ -25,9 +25,11 @@ from .model import Seq2Seq
 
 
 def _uninitialized(inputs: int, outputs: int, bias: bool = True) -> nn.Linear:
-    """A linear layer whose weights are copied in next: skipping the random initialisation leaves the caller's
-    random number generator where it was."""
-    return nn.utils.skip_init(nn.Linear, inputs, outputs, bias=bias)
+    """A linear layer whose weights are copied in next; its random initialisation runs on a saved and restored
+    RNG state, so it leaves the caller's generator where it was. (`nn.utils.skip_init` would avoid it, but goes
+    through the meta device, whose first use imports sympy: a second of start-up.)"""
+    with torch.random.fork_rng(devices=[]):
+        return nn.Linear(inputs, outputs, bias=bias)
 
 
 class InferenceEncoder(nn.Module):
