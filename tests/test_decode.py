@@ -315,6 +315,7 @@ def test_padding_id_never_comes_out_of_beam_search(translator):
         assert all(PAD_ID not in tokens and END_ID not in tokens and math.isfinite(s) for tokens, s in hyps)
 
 
+@pytest.mark.slow
 def test_decoding_leaves_onednn_and_the_thread_count_alone_even_in_two_threads_at_once(translator):
     """No process-wide switch is flipped to decode (oneDNN used to be turned off around every decode, which raced
     between threads)."""
