@@ -116,8 +116,7 @@ def _trim(tokens: list[int], stop_repeats: bool) -> list[int]:
     if END_ID in tokens:
         return tokens[: tokens.index(END_ID)]
     if stop_repeats:
-        for unit in range(1, MAX_REPEAT_UNIT + 1):
-            span = unit * (8 if unit == 1 else 4)
+        for unit, span in zip(_UNITS.tolist(), _SPAN.tolist()):
             if len(tokens) >= span and tokens[-span:][unit:] == tokens[-span:][:-unit]:
                 end = len(tokens)
                 while end - unit >= unit and tokens[end - 2 * unit : end - unit] == tokens[end - unit : end]:

@@ -84,10 +84,19 @@ class Encoder(nn.Module):
         if len(distinct) <= _MAX_LENGTH_GROUPS:
             outputs, (h, c) = self._run_by_length(x, lengths, distinct)
         else:
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            packed_out, (h, c) = self.lstm(packed)
-            outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=src.shape[1])
+            outputs, (h, c) = self.run_packed(x, lengths)
         return outputs, self.bridge(h, c)
+
+    def run_packed(self, x: torch.Tensor, lengths: torch.Tensor):
+        """The LSTM over a packed batch: x (B, S, E) -> outputs (B, S, H*dirs), final (h, c) (L*dirs, B, H).
+
+        Initial states are given (zeros, as by default) because the default ones are sized from the packing, which
+        ONNX export cannot follow; export runs this too (torch_engine.InferenceEncoder)."""
+        zeros = x.new_zeros(self.config.num_layers * self.directions, x.shape[0], self.hidden_size)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed_out, (h, c) = self.lstm(packed, (zeros, zeros))
+        outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        return outputs, (h, c)
 
     def bridge(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The LSTM's final states (L*D, B, H) -> the decoder's initial states (L, B, hidden_size)."""

@@ -65,15 +65,8 @@ class InferenceEncoder(nn.Module):
         return h, c, self.keys(memory).transpose(1, 2).contiguous(), self.context(memory), bias
 
     def _packed(self, src: torch.Tensor, lengths: torch.Tensor):
-        encoder = self.encoder
-        x = encoder.embedding(src)
-        layers = encoder.config.num_layers * encoder.directions
-        # Initial states given, because the default ones are sized from the packing, which export cannot follow.
-        zeros = torch.zeros(layers, src.shape[0], encoder.hidden_size, device=src.device)
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, (h, c) = encoder.lstm(packed, (zeros, zeros))
-        memory, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
-        return memory, encoder.bridge(h, c)
+        memory, (h, c) = self.encoder.run_packed(self.encoder.embedding(src), lengths)
+        return memory, self.encoder.bridge(h, c)
 
 
 class DecoderStep(nn.Module):
