@@ -21,7 +21,7 @@ from charmt.checkpoint import ModelInfo
 from charmt.config import preset_configs, updated
 from charmt.data import demo_corpus, read_corpus, select
 from charmt.decode import Translator
-from charmt.model import Seq2Seq
+from charmt.families.lstm import Seq2Seq
 from charmt.training import learning_rate, make_optimizer, training_autocast, training_precision
 from charmt.vocab import Vocab
 

@@ -48,7 +48,7 @@ from charmt.batching import collate, encode_pairs, make_batches
 from charmt.config import ModelConfig, TrainConfig
 from charmt.decode import MAX_REPEAT_UNIT, _trim
 from charmt.decode import greedy_decode as greedy_search
-from charmt.model import Seq2Seq
+from charmt.families.lstm import Seq2Seq
 from charmt.torch_engine import TorchEngine
 from charmt.training import make_optimizer
 from charmt.vocab import END_ID, PAD_ID, START_ID

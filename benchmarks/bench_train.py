@@ -33,8 +33,8 @@ from _common import (
 from charmt.batching import collate, encode_pairs, epoch_items, make_batches
 from charmt.config import ModelConfig, TrainConfig, preset_configs
 from charmt.data import read_corpus, select
+from charmt.families.lstm import Seq2Seq
 from charmt.metrics import masked_accuracy
-from charmt.model import Seq2Seq
 from charmt.training import make_optimizer, train, training_autocast, training_precision
 from charmt.vocab import PAD_ID, Vocab
 

@@ -30,7 +30,7 @@ from _common import (
 import charmt.decode
 from charmt.config import ModelConfig
 from charmt.decode import beam_search, greedy_decode
-from charmt.model import Seq2Seq
+from charmt.families.lstm import Seq2Seq
 from charmt.torch_engine import TorchEngine
 from charmt.vocab import END_ID, PAD_ID
 

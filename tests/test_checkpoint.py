@@ -25,7 +25,7 @@ from charmt.checkpoint import (
 from charmt.config import ModelConfig
 from charmt.decode import Translator
 from charmt.errors import ModelFormatError
-from charmt.model import Seq2Seq
+from charmt.families.lstm import Seq2Seq
 from charmt.vocab import START_ID, Vocab
 
 SOURCE_VOCAB = Vocab.build(["Go.", "Hi there!"])

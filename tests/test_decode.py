@@ -239,13 +239,13 @@ def test_translate_splits_paragraphs_into_sentences(translator):
 def test_sentences_are_split_by_the_source_languages_rules_and_joined_by_the_targets(translator):
     english = _with(translator, source_lang="en", target_lang="fr")
     # "Mr." ends no sentence in English (a regex on ". " + capital letter split it).
-    assert [s for _, s in english._sentences(["Mr. Smith eats the bread. He sees the bike."], True)] == [
+    assert [s for _, s in english.prepare(["Mr. Smith eats the bread. He sees the bike."]).sentences] == [
         "Mr. Smith eats the bread.", "He sees the bike."]
     first, second = translator.translate(SENTENCES[:2])
     assert english.translate([f"{SENTENCES[0]} {SENTENCES[1]}"]) == [f"{first} {second}"]
     chinese = _with(translator, target_lang="zh")  # a script written without spaces between sentences
     assert chinese.translate([f"{SENTENCES[0]} {SENTENCES[1]}"]) == [first + second]
-    assert _with(translator, source_lang="zh")._sentences(["你好。我很冷！"], True) == [(0, "你好。"), (0, "我很冷！")]
+    assert _with(translator, source_lang="zh").prepare(["你好。我很冷！"]).sentences == [(0, "你好。"), (0, "我很冷！")]
 
 
 def test_typographic_spaces_are_plain_spaces_for_a_model_trained_so(translator):

@@ -21,7 +21,8 @@ from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError
-from charmt.torch_engine import InferenceEncoder, TorchEngine
+from charmt.families.lstm import InferenceEncoder
+from charmt.torch_engine import TorchEngine
 from charmt.vocab import SPECIALS, START_ID, Vocab
 
 onnx = pytest.importorskip("onnx")
@@ -44,8 +45,9 @@ def test_the_inference_step_computes_what_the_training_graph_computes(embedding_
             logits, reference, weights = model.decode_step(prev, reference)
         got, state, got_weights = engine.step(prev.numpy(), state, attention=True)
         np.testing.assert_allclose(got, logits.numpy(), atol=2e-5)
-        np.testing.assert_allclose(state.h.numpy(), reference.h.numpy(), atol=2e-5)
-        np.testing.assert_allclose(state.c.numpy(), reference.c.numpy(), atol=2e-5)
+        h, c = state.rows
+        np.testing.assert_allclose(h.numpy(), reference.h.numpy(), atol=2e-5)
+        np.testing.assert_allclose(c.numpy(), reference.c.numpy(), atol=2e-5)
         if attention == "none":
             assert got_weights is None
         else:
@@ -123,7 +125,7 @@ def test_the_onnx_graphs_are_valid_and_compute_what_pytorch_computes(tmp_path, o
     # Padding never changes a sentence's result: the shortest sentence alone equals its row in the padded batch.
     alone = ort.encode(src[1:2, : lengths[1]], lengths[1:2])
     together = ort.encode(src, lengths)
-    np.testing.assert_array_equal(alone.h[:, 0], together.h[:, 1])
+    np.testing.assert_array_equal(alone.rows["h"][:, 0], together.rows["h"][:, 1])
     for name, value in alone.per_sentence.items():
         if name == "keys":
             np.testing.assert_array_equal(value[0], together.per_sentence[name][1][:, : lengths[1]])

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import charmt.model
+import charmt.families.lstm
 from charmt.config import ModelConfig, preset_configs
 from charmt.errors import ConfigError
-from charmt.model import OneHot, Seq2Seq, resolve_device
+from charmt.families.lstm import OneHot, Seq2Seq
+from charmt.model import resolve_device
 from charmt.vocab import END_ID, PAD_ID, START_ID
 
 SRC_V, TGT_V, H = 11, 13, 8
@@ -136,7 +137,7 @@ def test_seed_network_computes_what_the_keras_graph_computes():
 @pytest.mark.parametrize("embedding_size, bidirectional, attention, num_layers", OPTIONS, ids=OPTION_IDS)
 def test_padding_does_not_change_a_sentence(embedding_size, bidirectional, attention, num_layers, groups,
                                             monkeypatch):
-    monkeypatch.setattr(charmt.model, "_MAX_LENGTH_GROUPS", groups)  # both ways the encoder can run
+    monkeypatch.setattr(charmt.families.lstm, "_MAX_LENGTH_GROUPS", groups)  # both ways the encoder can run
     model = make_model(embedding_size, bidirectional, attention, num_layers)
     src, lengths, tgt_in, tgt_out = batch([3, 9, 5], [2, 7, 4])
     with torch.no_grad():
@@ -158,7 +159,7 @@ def test_encoder_by_length_and_packed_give_the_same_outputs_and_gradients(length
     src, src_lengths, tgt_in, tgt_out = batch(lengths, [4] * len(lengths))
     results = []
     for groups in (0, 4):  # packed always; by length when there are at most 4 lengths
-        monkeypatch.setattr(charmt.model, "_MAX_LENGTH_GROUPS", groups)
+        monkeypatch.setattr(charmt.families.lstm, "_MAX_LENGTH_GROUPS", groups)
         model.zero_grad()
         _, loss = model(src, src_lengths, tgt_in, tgt_out)
         loss.backward()

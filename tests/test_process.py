@@ -26,7 +26,7 @@ from charmt.cli import main
 from charmt.config import updated
 from charmt.decode import Translator
 from charmt.errors import explain_machine_error
-from charmt.model import Seq2Seq
+from charmt.families.lstm import Seq2Seq
 from charmt.training import _process_group, train
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN

@@ -37,7 +37,7 @@ from charmt.cli import main
 from charmt.config import ModelConfig
 from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError, ModelFormatError
-from charmt.model import Seq2Seq
+from charmt.families.lstm import Seq2Seq
 from charmt.serve import MAX_BEAM, ServedModel, bind, create_app, exposure_warning, find_models, url_of
 from charmt.training import train
 from charmt.vocab import Vocab

@@ -7,6 +7,7 @@
       log.jsonl            one line of metrics per epoch
       split.json           line numbers of the validation and test pairs in the data file
       README.md            the model card: languages, data and its licence, training, validation scores
+      sentencepiece.model  the subword units of a model trained with --units subword (both languages)
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from typing import TYPE_CHECKING
 
 from .config import ModelConfig
 from .errors import ConfigError, ModelFormatError
-from .vocab import Vocab
+from .vocab import SubwordVocab, Vocab
 
 if TYPE_CHECKING:  # PyTorch is imported by the functions that need it: config.json alone (ModelInfo, load_info)
     import torch  # is read without it, as an ONNX export is
-
-    from .model import Seq2Seq
+    from torch import nn
 
 FORMAT = "charmt-model"
 FORMAT_VERSION = 1
@@ -35,7 +35,8 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "log.jsonl"
 SPLIT_FILE = "split.json"
 CARD_FILE = "README.md"
-MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, SPLIT_FILE, CARD_FILE)
+SUBWORD_FILE = "sentencepiece.model"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, SPLIT_FILE, CARD_FILE, SUBWORD_FILE)
 
 
 @dataclass
@@ -43,8 +44,8 @@ class ModelInfo:
     """Everything in config.json: enough to rebuild and use the model without the training data."""
 
     model: ModelConfig
-    source_vocab: Vocab
-    target_vocab: Vocab
+    source_vocab: Vocab | SubwordVocab
+    target_vocab: Vocab | SubwordVocab
     preset: str = "custom"
     source_lang: str | None = None  # ISO 639 codes, e.g. "en" and "fr"; None where nobody said
     target_lang: str | None = None
@@ -68,8 +69,9 @@ class ModelInfo:
             "source_lang": self.source_lang,
             "target_lang": self.target_lang,
             "model": self.model.to_dict(),
-            "source_vocab": self.source_vocab.tokens,
-            "target_vocab": self.target_vocab.tokens,
+            # Characters are listed here; subword units live in their own file beside it (written by write_info).
+            "source_vocab": _vocab_json(self.source_vocab),
+            "target_vocab": _vocab_json(self.target_vocab),
             "max_source_length": self.max_source_length,
             "max_target_length": self.max_target_length,
             "length_ratio": self.length_ratio,
@@ -80,7 +82,8 @@ class ModelInfo:
         }
 
     @classmethod
-    def from_json(cls, obj: dict, where: str) -> ModelInfo:
+    def from_json(cls, obj: dict, where: str, directory: str | os.PathLike | None = None) -> ModelInfo:
+        """The ModelInfo of a config.json's contents; `directory` holds the files it names (subword units)."""
         if not isinstance(obj, dict) or obj.get("format") != FORMAT:
             raise ModelFormatError(f"{where} is not a charmt model config (no \"format\": \"{FORMAT}\")")
         version = obj.get("format_version")
@@ -92,10 +95,12 @@ class ModelInfo:
                 "upgrade charmt"
             )
         try:
+            model = ModelConfig(**obj["model"])
+            source_vocab, target_vocab = _read_vocabs(obj["source_vocab"], obj["target_vocab"], directory, where)
             info = cls(
-                model=ModelConfig(**obj["model"]),
-                source_vocab=Vocab(obj["source_vocab"]),
-                target_vocab=Vocab(obj["target_vocab"]),
+                model=model,
+                source_vocab=source_vocab,
+                target_vocab=target_vocab,
                 preset=obj.get("preset", "custom"),
                 source_lang=obj.get("source_lang"),
                 target_lang=obj.get("target_lang"),
@@ -112,6 +117,35 @@ class ModelInfo:
         if len(info.source_vocab) != info.model.src_vocab_size or len(info.target_vocab) != info.model.tgt_vocab_size:
             raise ModelFormatError(f"{where}: vocabulary sizes do not match the model's src/tgt_vocab_size")
         return info
+
+
+def _vocab_json(vocab: Vocab | SubwordVocab) -> list[str] | str:
+    return SUBWORD_FILE if isinstance(vocab, SubwordVocab) else vocab.tokens
+
+
+def _read_vocabs(source, target, directory, where: str) -> tuple[Vocab | SubwordVocab, Vocab | SubwordVocab]:
+    """Character vocabularies from their token lists; subword units from the file config.json names (one model for
+    both languages)."""
+    if isinstance(source, list) and isinstance(target, list):
+        return Vocab(source), Vocab(target)
+    if source != SUBWORD_FILE or target != SUBWORD_FILE or directory is None:
+        raise ModelFormatError(f"{where}: source_vocab and target_vocab must be lists of characters, or both "
+                               f"\"{SUBWORD_FILE}\" in a model directory")
+    path = Path(directory) / SUBWORD_FILE
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ModelFormatError(f"{path} is missing or unreadable ({err.strerror}): the model's subword units are in "
+                               "it; copy the whole model directory") from None
+    vocab = SubwordVocab(data)
+    return vocab, vocab
+
+
+def write_info(directory: str | os.PathLike, info: ModelInfo) -> None:
+    """config.json, and the subword model it names: the units first, so a config.json never names a missing file."""
+    if isinstance(info.source_vocab, SubwordVocab):
+        atomic_write(Path(directory) / SUBWORD_FILE, info.source_vocab.model_bytes)
+    write_json(Path(directory) / CONFIG_FILE, info.to_json())
 
 
 # --- atomic files -----------------------------------------------------------------------------------------
@@ -194,11 +228,12 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def save_model(directory: str | os.PathLike, model: Seq2Seq, info: ModelInfo, weights_file: str = WEIGHTS_FILE) -> None:
+def save_model(directory: str | os.PathLike, model: nn.Module, info: ModelInfo,
+               weights_file: str = WEIGHTS_FILE) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / weights_file, model.state_dict(), metadata={"format": FORMAT})
-    write_json(directory / CONFIG_FILE, info.to_json())
+    write_info(directory, info)
 
 
 def load_info(directory: str | os.PathLike) -> ModelInfo:
@@ -208,22 +243,22 @@ def load_info(directory: str | os.PathLike) -> ModelInfo:
     config_path = directory / CONFIG_FILE
     if not config_path.exists():
         raise ModelFormatError(f"{config_path} is missing: {directory} is not a charmt model directory")
-    return ModelInfo.from_json(read_json(config_path), str(config_path))
+    return ModelInfo.from_json(read_json(config_path), str(config_path), directory)
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
-               weights_file: str = WEIGHTS_FILE) -> tuple[Seq2Seq, ModelInfo]:
+               weights_file: str = WEIGHTS_FILE) -> tuple[nn.Module, ModelInfo]:
     """Rebuild the model from config.json and load its weights; errors name the file at fault."""
     import torch
 
-    from .model import Seq2Seq
+    from .model import build_model
 
     info = load_info(directory)
     # Built on the CPU with the caller's RNG state saved and restored around it, so loading draws nothing from it.
     # (On the meta device, initialisation runs PyTorch's Python reference ops, whose first use imports
     # torch._dynamo: 2.5 s of start-up, against milliseconds of real initialisation.)
     with torch.random.fork_rng(devices=[]):
-        model = Seq2Seq(info.model)
+        model = build_model(info.model)
     weights_path = Path(directory) / weights_file
     load_state(model, load_tensors(weights_path), str(weights_path))
     return model.to(device).eval(), info
@@ -353,14 +388,24 @@ def model_card(info: ModelInfo, history: list[dict], *, hardware: str, minutes: 
     ]
     table = "\n".join(f"| {key} | {value} |" for key, value in rows)
     return (f"# charmt model: {name_of(src)} → {name_of(tgt)}\n\n"
-            "A character-level LSTM encoder-decoder trained with charmt "
-            "(character-level recurrent sequence-to-sequence translation).\n\n"
+            f"A {_kind(info)} trained with charmt (sequence-to-sequence translation).\n\n"
             f"| | |\n|---|---|\n{table}\n\n"
             f"## Licence and attribution\n\n{licence_text}\n\n"
             "## Use\n\n```bash\ncharmt translate THIS_DIRECTORY \"...\"\ncharmt serve THIS_DIRECTORY\n```\n")
 
 
+def _kind(info: ModelInfo) -> str:
+    units = "subword" if isinstance(info.source_vocab, SubwordVocab) else "character-level"
+    return f"{units} {'Transformer' if info.model.arch == 'transformer' else 'LSTM encoder-decoder'}"
+
+
 def _describe(model: ModelConfig) -> str:
+    if model.arch == "transformer":
+        shared = ", one embedding shared by both languages and the output layer" if model.share_embeddings else \
+            ", target embedding shared with the output layer"
+        return (f"Transformer (pre-norm, sinusoidal positions) of {model.num_layers} encoder and {model.num_layers} "
+                f"decoder layers, width {model.hidden_size}, {model.heads} heads, feed-forward "
+                f"{model.ff_size or 4 * model.hidden_size}{shared}, dropout {model.dropout}")
     inputs = f"embeddings of {model.embedding_size}" if model.embedding_size else "one-hot characters"
     encoder = "bidirectional " if model.bidirectional else ""
     attention = ", Luong attention" if model.attention != "none" else ""

@@ -13,7 +13,17 @@ import traceback
 from dataclasses import fields, replace
 from pathlib import Path
 
-from .config import PRECISIONS, PRESETS, ModelConfig, SelectionConfig, TrainConfig, preset_configs, updated
+from .config import (
+    ARCHS,
+    PRECISIONS,
+    PRESETS,
+    UNITS,
+    ModelConfig,
+    SelectionConfig,
+    TrainConfig,
+    preset_configs,
+    updated,
+)
 from .errors import CharmtError, ConfigError, explain_machine_error
 
 log = logging.getLogger("charmt")
@@ -35,11 +45,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     """Options that override the preset; their help shows the `seed` preset's values from the dataclasses."""
     m, t, s = ModelConfig(), TrainConfig(), SelectionConfig()
     g = p.add_argument_group("model (default: the preset's)")
-    g.add_argument("--hidden-size", type=int, help=f"LSTM size (seed: {m.hidden_size})")
+    g.add_argument("--arch", choices=ARCHS,
+                   help="model family: lstm (seed, tiny, base) or transformer (default preset: transformer)")
+    g.add_argument("--hidden-size", type=int, help=f"LSTM size, or the Transformer's width (seed: {m.hidden_size})")
     g.add_argument("--encoder-hidden-size", type=int,
                    help="encoder LSTM size per direction, 0 for --hidden-size (seed: 0)")
     g.add_argument("--embedding-size", type=int, help="0 for one-hot inputs as in the example (seed: 0)")
-    g.add_argument("--layers", type=int, help=f"LSTM layers (seed: {m.num_layers})")
+    g.add_argument("--layers", type=int, help=f"LSTM layers; a Transformer's encoder and decoder layers each "
+                                              f"(seed: {m.num_layers})")
+    g.add_argument("--heads", type=int, help=f"Transformer attention heads ({m.heads})")
+    g.add_argument("--ff-size", type=int, help="Transformer feed-forward width, 0: 4 x --hidden-size")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                    help="bidirectional encoder (seed: no)")
     g.add_argument("--attention", choices=["none", "luong"], help=f"decoder attention (seed: {m.attention})")
@@ -82,6 +97,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--canonical-spaces", action=argparse.BooleanOptionalAction, default=None,
                    help="write typographic spaces (no-break, narrow no-break, thin) as plain spaces (tiny, base: yes; "
                         "seed: no, as the example)")
+    g.add_argument("--units", choices=UNITS,
+                   help="char: characters (seed, tiny, base); subword: SentencePiece pieces for both languages, "
+                        "trained on the training split (default: the preset's)")
+    g.add_argument("--vocab-size", type=int, help=f"subword pieces with --units subword ({s.vocab_size})")
     g.add_argument("--min-char-count", type=int,
                    help=f"characters seen fewer times become <unk> (default: {s.min_char_count}, every one kept)")
     g.add_argument("--source-lang", metavar="CODE",
@@ -138,6 +157,8 @@ def cmd_train(args) -> int:
     from .progress import TrainingProgress
     from .training import train
 
+    if args.preset is None:  # --arch transformer alone means the Transformer's preset
+        args.preset = "transformer" if args.arch == "transformer" else "seed"
     model, training, selection = _configs_from_args(args)
     changed = _options_changed(args.preset, (model, training, selection)) if args.resume else []
     if changed:
@@ -381,8 +402,9 @@ def cmd_plot(args) -> int:
 
 def _args_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="pair file: English<TAB>Other[<TAB>attribution] per line, or the downloaded .zip")
-    p.add_argument("--preset", default="seed", choices=list(PRESETS),
-                   help="seed: the Keras example; tiny: small and fast; base: the quality preset (default: seed)")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="seed: the Keras example; tiny: small and fast; base: the LSTM quality preset; transformer: "
+                        "the Transformer's (default: seed, or transformer with --arch transformer)")
     p.add_argument("--out", help="model directory to write (default: models/DATA-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")

@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import ConfigError, DataError
 from .languages import check_code
 
+ARCHS = ("lstm", "transformer")  # the model families (src/charmt/families/)
 ATTENTION_KINDS = ("none", "luong")
+UNITS = ("char", "subword")
 OPTIMIZERS = ("rmsprop", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
@@ -23,17 +25,32 @@ MAX_BEAM = 10
 
 @dataclass
 class ModelConfig:
+    arch: str = "lstm"  # the model family: "lstm" (the example's network and its growth) or "transformer"
     src_vocab_size: int = 0  # set from the data's vocabulary
     tgt_vocab_size: int = 0
-    hidden_size: int = 512  # the example's latent_dim; the decoder's size
+    hidden_size: int = 512  # the example's latent_dim; the decoder's size (transformer: the model width)
+    num_layers: int = 1  # transformer: layers of the encoder and of the decoder each
+    dropout: float = 0.0
+    # lstm only
     encoder_hidden_size: int = 0  # per direction; 0: hidden_size. Bidirectional encoders often use half of it
     embedding_size: int = 0  # 0: one-hot inputs, as in the example; else a learned embedding of this size
-    num_layers: int = 1
     bidirectional: bool = False  # encoder only; its final states are bridged to the decoder's size
     attention: str = "none"  # "none" (the example) or "luong" (global attention, "general" score)
-    dropout: float = 0.0
+    # transformer only
+    heads: int = 4  # attention heads (hidden_size must be divisible by it)
+    ff_size: int = 0  # feed-forward width, 0: 4 x hidden_size
+    share_embeddings: bool = False  # source and target share one embedding (a joint subword vocabulary)
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "transformer":
+            if self.heads < 1 or self.hidden_size % self.heads:
+                raise ConfigError(f"hidden_size ({self.hidden_size}) must be a multiple of heads ({self.heads})")
+            if self.ff_size < 0:
+                raise ConfigError("ff_size must not be negative (0: 4 x hidden_size)")
+            if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+                raise ConfigError("share_embeddings needs one vocabulary for both sides (--units subword)")
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0 or self.encoder_hidden_size < 0:
@@ -41,8 +58,19 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
+    @property
+    def has_attention(self) -> bool:
+        """Whether decoding computes attention weights over the source (a Transformer always does)."""
+        return self.arch == "transformer" or self.attention != "none"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields of this family (config.json stays readable: no LSTM options in a Transformer's, and back)."""
+        other = _TRANSFORMER_ONLY if self.arch == "lstm" else _LSTM_ONLY
+        return {k: v for k, v in asdict(self).items() if k not in other}
+
+
+_LSTM_ONLY = ("encoder_hidden_size", "embedding_size", "bidirectional", "attention")
+_TRANSFORMER_ONLY = ("heads", "ff_size", "share_embeddings")
 
 
 @dataclass
@@ -65,6 +93,10 @@ class SelectionConfig:
     canonical_spaces: bool = False
     # Characters seen fewer times than this in the selected pairs become <unk> (1: every character is kept).
     min_char_count: int = 1
+    # What the model reads and writes: "char" (characters, every model before the Transformer) or "subword"
+    # (one SentencePiece unigram model of `vocab_size` pieces for both languages, trained on the training split).
+    units: str = "char"
+    vocab_size: int = 8000
 
     def __post_init__(self):
         for code in (self.source_lang, self.target_lang):
@@ -82,6 +114,10 @@ class SelectionConfig:
                 raise DataError(f"{name} must be at least 1 (or None for no limit), got {value}")
         if self.min_char_count < 1:
             raise DataError(f"min_char_count must be at least 1, got {self.min_char_count}")
+        if self.units not in UNITS:
+            raise ConfigError(f"units must be one of {UNITS}, got {self.units!r}")
+        if self.vocab_size < 16:
+            raise ConfigError(f"vocab_size must be at least 16, got {self.vocab_size}")
 
 
 @dataclass
@@ -157,6 +193,16 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
              eval_sentences=1000, checkpoint_minutes=5.0, short_repeats=2, label_smoothing=0.1),
         dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
              validation_fraction=0.01, canonical_spaces=True, min_char_count=2),
+    ),
+    # The Transformer's quality preset: the same hour and data as `base`, in subword units (README, "Presets" and
+    # the attempts table: how the sizes and the schedule were chosen at equal wall-clock time).
+    "transformer": (
+        dict(arch="transformer", hidden_size=256, num_layers=3, heads=4, ff_size=1024, dropout=0.1),
+        dict(epochs=0, batch_size=64, optimizer="adamw", learning_rate=1e-3, weight_decay=0.01,
+             lr_schedule="cosine", warmup_steps=500, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
+             eval_sentences=1000, checkpoint_minutes=5.0, label_smoothing=0.1),
+        dict(max_input_length=None, max_target_length=160, dedupe=False, num_samples=None,
+             validation_fraction=0.01, canonical_spaces=True, units="subword", vocab_size=8000),
     ),
 }
 

@@ -28,7 +28,17 @@ import numpy as np
 from .checkpoint import ModelInfo, read_json
 from .errors import ConfigError
 from .languages import join_sentences, split_sentences
-from .vocab import END_ID, PAD_ID, START_ID, Vocab, canonical_spaces, collapse_whitespace, normalize
+from .vocab import (
+    END_ID,
+    PAD_ID,
+    START_ID,
+    UNK_ID,
+    SubwordVocab,
+    Vocab,
+    canonical_spaces,
+    collapse_whitespace,
+    normalize,
+)
 
 log = logging.getLogger("charmt")
 
@@ -259,6 +269,15 @@ def _batches_by_length(lengths: list[int], batch_size: int, max_chars: int = 16_
 # --- Translator -------------------------------------------------------------------------------------------
 
 
+@dataclass
+class PreparedInputs:
+    """Inputs made ready for the model by `Translator.prepare`."""
+
+    count: int  # how many inputs were given (blank ones have no sentences)
+    sentences: list[tuple[int, str]]  # (input index, sentence), in order
+    warnings: list[str]  # unknown characters, sentences longer than any seen in training
+
+
 def is_onnx_export(directory: str | os.PathLike) -> bool:
     """Whether `directory` holds an ONNX export (`charmt export --onnx`) rather than a PyTorch model."""
     path = Path(directory) / "config.json"
@@ -353,12 +372,19 @@ class Translator:
             raise ConfigError("--n-best needs beam search: add --beam N with N >= n-best")
         if n_best > beam:
             raise ConfigError(f"--n-best ({n_best}) cannot exceed --beam ({beam})")
-        pieces = self._sentences(texts, split)
+        prepared = self.prepare(texts, split=split)
         if warn:
-            for message in self._warnings([s for _, s in pieces]):
+            for message in prepared.warnings:
                 log.warning("%s", message)
+        return self.translate_prepared(prepared, beam=beam, n_best=n_best, batch_size=batch_size)
+
+    def translate_prepared(self, prepared: PreparedInputs, *, beam: int = 1, n_best: int = 1,
+                           batch_size: int = 128) -> list[list[Hypothesis]]:
+        """`translate_n_best` of inputs already prepared (`prepare`): the search, and each input's sentences
+        joined again."""
+        pieces = prepared.sentences
         results = self._translate_sentences([s for _, s in pieces], beam, n_best, batch_size)
-        joined: list[list[Hypothesis]] = [[] for _ in texts]
+        joined: list[list[Hypothesis]] = [[] for _ in range(prepared.count)]
         by_input: dict[int, list[list[Hypothesis]]] = {}
         for (i, _), hyps in zip(pieces, results):
             by_input.setdefault(i, []).append(hyps)
@@ -378,9 +404,9 @@ class Translator:
             text = canonical_spaces(text)
         return collapse_whitespace(text)
 
-    def _sentences(self, texts: list[str], split: bool) -> list[tuple[int, str]]:
-        """(input index, sentence) for every sentence of every non-blank input, split by the source language's
-        rules."""
+    def prepare(self, texts: list[str], *, split: bool = True) -> PreparedInputs:
+        """The step before the search: every non-blank input cleaned as the training sources were, split into
+        sentences by the source language's rules (unless `split` is False), and what to warn about."""
         pieces: list[tuple[int, str]] = []
         for i, text in enumerate(texts):
             text = self._clean(text)
@@ -388,12 +414,12 @@ class Translator:
                 continue
             sentences = split_sentences(text, self.info.source_lang) if split and not self.keras_compat else [text]
             pieces.extend((i, sentence) for sentence in sentences)
-        return pieces
+        return PreparedInputs(len(texts), pieces, self._warnings([s for _, s in pieces]))
 
     def input_warnings(self, texts: list[str], *, split: bool = True) -> list[str]:
         """What `translate` warns about these inputs, as messages: unknown characters (which become <unk>) and
         sentences longer than any seen in training."""
-        return self._warnings([s for _, s in self._sentences(texts, split)])
+        return self.prepare(texts, split=split).warnings
 
     def _warnings(self, sentences: list[str]) -> list[str]:
         messages = []
@@ -454,12 +480,15 @@ class Translator:
 
 
 def attention_weights(translator: Translator, sentence: str) -> tuple[list[str], list[str], list[list[float]]]:
-    """Greedy-decode one sentence (whitespace collapsed, not split) and return its source characters, its output
-    characters and the attention weights: one row per output character, one column per source character.
+    """Greedy-decode one sentence (whitespace collapsed, not split) and return its source units, its output units
+    and the attention weights: one row per output unit, one column per source unit (characters, or subword pieces
+    with their spaces written out, so that the output units joined give the translation).
 
-    The output is the one `translator.translate([sentence], split=False)` gives; each row sums to 1.
+    The output is the one `translator.translate([sentence], split=False)` gives; each row sums to 1. An LSTM has
+    one attention; for a Transformer these are the last decoder layer's cross-attention weights, averaged over its
+    heads.
     """
-    if translator.info.model.attention == "none":
+    if not translator.info.model.has_attention:
         raise ConfigError("this model has no attention weights to show (it was trained with --attention none); "
                           "train one with --attention luong")
     sentence = translator._clean(sentence)
@@ -480,12 +509,21 @@ def attention_weights(translator: Translator, sentence: str) -> tuple[list[str],
         if int(prev[0]) == END_ID or looping:
             break
     tokens = _trim(written.row(0), True)
-    source = list(normalize(sentence))  # one source column per character the encoder read
+    subwords = isinstance(target, SubwordVocab)
+    # One source column per unit the encoder read.
+    source = [_shown(translator.source_vocab, i) for i in src[0]] if subwords else list(normalize(sentence))
     output, matrix = [], []
     for token, row in zip(tokens, rows):
         if token in (PAD_ID, START_ID):  # never shown by Vocab.decode, so no row either
             continue
-        output.append(target.decode([token]))
+        output.append(_shown(target, token) if subwords else target.decode([token]))
         matrix.append(row[: len(source)])
+    if subwords and output:
+        output[0] = output[0].lstrip(" ")  # the space SentencePiece writes before a text's first word
     return source, output, matrix
+
+
+def _shown(vocab: SubwordVocab, token: int) -> str:
+    """A subword piece as text: SentencePiece's word-start mark (▁) written as the space it stands for."""
+    return "\ufffd" if token == UNK_ID else vocab.tokens[int(token)].replace("\u2581", " ")
 

@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # PyTorch only for the teacher-forced metrics: an ONNX export
     import torch
 
     from .batching import EncodedPairs
-    from .model import Seq2Seq
 
 LENGTH_BUCKETS = (10, 20, 30, 50, 80)  # upper bounds (characters of the source) of the breakdown's buckets
 
@@ -125,7 +124,7 @@ def human_baseline(hypotheses: list[str], references: list[list[str]], *, tokeni
             "chrf_ratio": model.chrf / human.chrf if human.chrf else float("nan")}
 
 
-def teacher_forced_metrics(model: Seq2Seq, data: EncodedPairs, device: torch.device, batch_size: int = 256):
+def teacher_forced_metrics(model: torch.nn.Module, data: EncodedPairs, device: torch.device, batch_size: int = 256):
     """Mean cross-entropy and masked character accuracy over all non-PAD target positions."""
     import torch
 

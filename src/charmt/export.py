@@ -1,16 +1,17 @@
 """`charmt export MODEL --onnx DIR`: a model as two ONNX graphs, which onnxruntime runs without PyTorch.
 
     DIR/
-      encoder.onnx        src (B, S) int64, lengths (B,) int64 -> h, c (L, B, H)
-                          [, keys (B, H, S), context (B, S, H), bias (B, S)]       (models with attention)
-      decoder_step.onnx   prev (N,) int64, h, c [, keys, context, bias] -> logits (N, V), h, c [, attention (N, S)]
+      encoder.onnx        src (B, S) int64, lengths (B,) int64 -> the row states, then the per-sentence tensors
+      decoder_step.onnx   prev (N,) int64, row states, per-sentence tensors -> logits (N, V), each row state
+                          "_out"[, attention (N, S)]
       config.json         the model's config.json, and "export": what was exported and how
       split.json, README.md   copied from the model directory, when it has them
 
-The graphs are torch_engine's `InferenceEncoder` (its LSTM as ONNX's LSTM operator with each sentence's length,
-so padding never changes a sentence's result) and `DecoderStep`, traced by PyTorch's TorchScript exporter
-(`dynamo=False`: the dynamo exporter has known trouble with bidirectional LSTMs). `int8` quantizes the weights
-of both graphs with onnxruntime's dynamic quantization.
+The graphs are the family's inference encoder and decoder step (model.py; an LSTM: h, c (L, B, H) and, with
+attention, keys, context and bias per sentence; its encoder LSTM as ONNX's LSTM operator with each sentence's
+length, so padding never changes a sentence's result), traced by PyTorch's TorchScript exporter (`dynamo=False`:
+the dynamo exporter has known trouble with bidirectional LSTMs). `int8` quantizes the weights of both graphs with
+onnxruntime's dynamic quantization.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .errors import ConfigError
-from .onnx_engine import ENCODER_FILE, PER_SENTENCE, STEP_FILE
-from .torch_engine import DecoderStep, InferenceEncoder
+from .model import family
+from .onnx_engine import ENCODER_FILE, STEP_FILE
 
 OPSET = 17
 
@@ -44,8 +45,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty; choose another directory or add --overwrite")
     model, info = ckpt.load_model(model_dir, "cpu")
-    attention = info.model.attention != "none"
-    graphs = {ENCODER_FILE: _encoder_graph(model, attention), STEP_FILE: _step_graph(model, attention)}
+    graphs = _graphs(model)
     for name, graph in graphs.items():
         try:
             onnx.checker.check_model(onnx.load_from_string(graph), full_check=True)
@@ -56,50 +56,37 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int
     out.mkdir(parents=True, exist_ok=True)
     for name, graph in graphs.items():
         ckpt.atomic_write(out / name, graph)
-    for name in (ckpt.SPLIT_FILE, ckpt.CARD_FILE):
+    for name in (ckpt.SPLIT_FILE, ckpt.CARD_FILE, ckpt.SUBWORD_FILE):
         if (Path(model_dir) / name).is_file():
             shutil.copyfile(Path(model_dir) / name, out / name)
     from . import __version__
 
     config = info.to_json()
     config["export"] = {"engine": "onnx", "opset": OPSET, "int8": int8, "from": Path(model_dir).resolve().name,
+                        "row_states": list(family(info.model).state_names(info.model)[0]),
                         "charmt": __version__, "torch": torch.__version__}
     ckpt.write_json(out / ckpt.CONFIG_FILE, config)  # last: a directory with a config.json is a complete export
     return out
 
 
+def _graphs(model) -> dict[str, bytes]:
+    """The family's inference encoder and step, traced into ONNX graphs."""
+    room = family(model.config)
+    rows, per_sentence = room.state_names(model.config)
+    encoder, step = room.inference_modules(model, for_export=True)
+    encoder_args, step_args, axes = room.export_examples(model)
+    step_outputs = ["logits", *(f"{name}_out" for name in rows), *(["attention"] if "attention" in axes else [])]
+    return {ENCODER_FILE: _export(encoder.eval(), encoder_args, ["src", "lengths"], [*rows, *per_sentence], axes),
+            STEP_FILE: _export(step.eval(), step_args, ["prev", *rows, *per_sentence], step_outputs, axes)}
+
+
 def _export(module: torch.nn.Module, args: tuple, inputs: list[str], outputs: list[str], axes: dict) -> bytes:
     buffer = io.BytesIO()
+    axes = {name: axis for name, axis in axes.items() if name in (*inputs, *outputs)}
     with torch.no_grad():
         torch.onnx.export(module, args, buffer, input_names=inputs, output_names=outputs, dynamic_axes=axes,
                           opset_version=OPSET, dynamo=False)
     return buffer.getvalue()
-
-
-def _encoder_graph(model, attention: bool) -> bytes:
-    src = torch.full((2, 5), 4, dtype=torch.long)
-    lengths = torch.tensor([5, 3])
-    outputs = ["h", "c", *(PER_SENTENCE if attention else ())]
-    axes = {"src": {0: "batch", 1: "source"}, "lengths": {0: "batch"}, "h": {1: "batch"}, "c": {1: "batch"},
-            "keys": {0: "batch", 2: "source"}, "context": {0: "batch", 1: "source"}, "bias": {0: "batch", 1: "source"}}
-    axes = {k: v for k, v in axes.items() if k in ("src", "lengths", *outputs)}
-    return _export(InferenceEncoder(model, packed=True).eval(), (src, lengths), ["src", "lengths"], outputs, axes)
-
-
-def _step_graph(model, attention: bool) -> bytes:
-    step = DecoderStep(model).eval()
-    L, H, S, n, K = model.config.num_layers, model.config.hidden_size, 5, 2, 3
-    args = [torch.full((n * K,), 4, dtype=torch.long), torch.zeros(L, n * K, H), torch.zeros(L, n * K, H)]
-    inputs, outputs = ["prev", "h", "c"], ["logits", "h_out", "c_out"]
-    axes = {"prev": {0: "rows"}, "h": {1: "rows"}, "c": {1: "rows"}, "logits": {0: "rows"}, "h_out": {1: "rows"},
-            "c_out": {1: "rows"}}
-    if attention:
-        args += [torch.zeros(n, H, S), torch.zeros(n, S, H), torch.zeros(n, S)]
-        inputs += list(PER_SENTENCE)
-        outputs.append("attention")
-        axes.update(keys={0: "batch", 2: "source"}, context={0: "batch", 1: "source"}, bias={0: "batch", 1: "source"},
-                    attention={0: "rows", 1: "source"})
-    return _export(step, tuple(args), inputs, outputs, axes)
 
 
 def _quantized(graph: bytes) -> bytes:

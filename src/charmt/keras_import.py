@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .config import ModelConfig
 from .data import SelectionConfig, read_corpus, select
 from .errors import ConfigError, ModelFormatError
-from .model import ModelConfig, Seq2Seq
+from .families.lstm import Seq2Seq
 from .vocab import END, SPECIALS, START, Vocab, normalize
 
 log = logging.getLogger("charmt")

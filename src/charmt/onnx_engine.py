@@ -12,19 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CONFIG_FILE, ModelInfo, read_json
+from .checkpoint import CONFIG_FILE, load_info, read_json
 from .errors import ConfigError, ModelFormatError
 
 ENCODER_FILE = "encoder.onnx"  # as export.py writes them
 STEP_FILE = "decoder_step.onnx"
-PER_SENTENCE = ("keys", "context", "bias")  # the encoder's outputs that attention reads, one row per sentence
 
 
 @dataclass
 class OnnxState:
-    h: np.ndarray  # (L, N, H): one row per beam
-    c: np.ndarray
-    per_sentence: dict[str, np.ndarray]  # keys, context, bias: one row per sentence
+    rows: dict[str, np.ndarray]  # the family's row states, one row per beam on axis 1 (an LSTM's h and c)
+    per_sentence: dict[str, np.ndarray]  # one row per sentence on axis 0 (what attention reads)
 
 
 class OnnxEngine:
@@ -45,7 +43,7 @@ class OnnxEngine:
                               f"{device} with the PyTorch model directory")
         directory = Path(directory)
         config = read_json(directory / CONFIG_FILE)
-        self.info = ModelInfo.from_json(config, str(directory / CONFIG_FILE))
+        self.info = load_info(directory)
         self.export = config.get("export") or {}
         self.device = "cpu"
         self.description = "onnxruntime " + ("int8" if self.export.get("int8") else "fp32")
@@ -67,22 +65,31 @@ class OnnxEngine:
                 raise ModelFormatError(f"{path} cannot be loaded by onnxruntime ({err}); export the model "
                                        "again") from None
         self.encoder, self.decoder = sessions
+        # The encoder's outputs: the row states (named in the export; exports from before the Transformer family
+        # did not name them: an LSTM's h and c), then the per-sentence tensors.
+        self.row_names = list(self.export.get("row_states", ("h", "c")))
+        self.encoder_outputs = [o.name for o in self.encoder.get_outputs()]
         self.step_outputs = [o.name for o in self.decoder.get_outputs()]
 
     def encode(self, src: np.ndarray, lengths: np.ndarray) -> OnnxState:
-        h, c, *per_sentence = self.encoder.run(None, {"src": src, "lengths": lengths})
-        return OnnxState(h, c, dict(zip(PER_SENTENCE, per_sentence)))
+        outputs = self.encoder.run(None, {"src": src, "lengths": lengths})
+        count = len(self.row_names)
+        return OnnxState(dict(zip(self.row_names, outputs[:count])),
+                         dict(zip(self.encoder_outputs[count:], outputs[count:])))
 
     def step(self, prev: np.ndarray, state: OnnxState, attention: bool = False):
-        feeds = {"prev": prev, "h": state.h, "c": state.c, **state.per_sentence}
-        logits, h, c, *weights = self.decoder.run(None if attention else self.step_outputs[:3], feeds)
-        return logits, OnnxState(h, c, state.per_sentence), weights[0] if weights else None
+        feeds = {"prev": prev, **state.rows, **state.per_sentence}
+        count = len(self.row_names)
+        logits, *outputs = self.decoder.run(None if attention else self.step_outputs[: 1 + count], feeds)
+        weights = outputs[count:]
+        return logits, OnnxState(dict(zip(self.row_names, outputs[:count])), state.per_sentence), \
+            weights[0] if weights else None
 
     def select(self, state: OnnxState, rows: np.ndarray, sentences: np.ndarray | None = None) -> OnnxState:
         per_sentence = state.per_sentence
         if sentences is not None:
             per_sentence = {name: value[sentences] for name, value in per_sentence.items()}
-        return OnnxState(state.h[:, rows], state.c[:, rows], per_sentence)
+        return OnnxState({name: value[:, rows] for name, value in state.rows.items()}, per_sentence)
 
     def memory_bytes(self) -> int:
         """The size of the two graphs (nearly all of it weights)."""

@@ -90,7 +90,7 @@ class ServedModel:
 
     @property
     def has_attention(self) -> bool:
-        return self.translator.info.model.attention != "none"
+        return self.translator.info.model.has_attention
 
     def memory_mb(self) -> float:
         """Weights and buffers of the model (what each further model adds, less the engine's own caches); for an

@@ -31,14 +31,14 @@ from . import checkpoint as ckpt
 from .batching import EncodedPairs, collate, encode_pairs, epoch_items, make_batches
 from .checkpoint import TrainState
 from .config import ModelConfig, SelectionConfig, TrainConfig, preset_configs
-from .data import Pair, length_quantile, read_corpus, references_by_source, select
+from .data import Pair, Selection, length_quantile, read_corpus, references_by_source, select
 from .decode import Translator
 from .errors import ConfigError, DataError
 from .evaluate import teacher_forced_metrics
 from .languages import bleu_tokenizer, languages_of_file
 from .metrics import collapse_warning, masked_accuracy, score_translations
-from .model import Seq2Seq, resolve_device
-from .vocab import PAD_ID, Vocab
+from .model import build_model, resolve_device
+from .vocab import PAD_ID, SubwordVocab, Vocab
 
 log = logging.getLogger("charmt")
 
@@ -248,6 +248,24 @@ def _check_output_directory(out_dir: Path, *, resume: bool, overwrite: bool) -> 
     return None
 
 
+def build_vocabularies(chosen: Selection, selection: SelectionConfig) -> tuple[Vocab | SubwordVocab,
+                                                                              Vocab | SubwordVocab]:
+    """The model's units: characters of each language (from every selected pair, as the Keras example), or one
+    SentencePiece model for both, trained on the training pairs only (the held-out ones stay unseen)."""
+    if selection.units == "subword":
+        vocab = SubwordVocab.train((text for p in chosen.train for text in (p.source, p.target)), selection.vocab_size)
+        return vocab, vocab
+    return (Vocab.build((p.source for p in chosen.all_pairs), selection.min_char_count),
+            Vocab.build((p.target for p in chosen.all_pairs), selection.min_char_count))
+
+
+def _unit_lengths(pairs: list[Pair], source_vocab, target_vocab) -> list[tuple[int, int]]:
+    """(source, target) lengths in the model's units: characters, or subword pieces."""
+    if isinstance(source_vocab, Vocab) and isinstance(target_vocab, Vocab):
+        return [(len(p.source), len(p.target)) for p in pairs]
+    return [(len(source_vocab.encode(p.source)), len(target_vocab.encode(p.target))) for p in pairs]
+
+
 class _Run:
     """One training run, phase by phase: data and model (`__init__`), then epochs of steps, each ending with
     validation and a checkpoint. Only rank 0 writes, and nothing before its first checkpoint."""
@@ -270,20 +288,22 @@ class _Run:
         if stored is not None:
             source_vocab, target_vocab = stored.source_vocab, stored.target_vocab
         else:
-            source_vocab = Vocab.build((p.source for p in chosen.all_pairs), selection.min_char_count)
-            target_vocab = Vocab.build((p.target for p in chosen.all_pairs), selection.min_char_count)
-        # Length rules follow this data: "short" sources, and the output cap (Chinese -> English needs 4-7x).
+            source_vocab, target_vocab = build_vocabularies(chosen, selection)
+        # Length rules follow this data, in the model's units: "short" sources, and the output cap (Chinese ->
+        # English needs 4-7x).
+        lengths = _unit_lengths(chosen.train, source_vocab, target_vocab)
         self.short_length = train_config.short_source_length or int(
-            length_quantile([len(p.source) for p in chosen.train], SHORT_SOURCE_SHARE))
-        length_ratio = round(length_quantile([len(p.target) / max(len(p.source), 1) for p in chosen.train],
-                                             LENGTH_RATIO_QUANTILE), 3)
+            length_quantile([s for s, _ in lengths], SHORT_SOURCE_SHARE))
+        length_ratio = round(length_quantile([t / max(s, 1) for s, t in lengths], LENGTH_RATIO_QUANTILE), 3)
         summary = {**chosen.summary(), "source_vocab": len(source_vocab), "target_vocab": len(target_vocab),
                    "short_source_length": self.short_length}
         if rank == 0:
             notify("selection", {"corpus": corpus.report(), **summary})
         source_lang, target_lang = model_languages(data_path, selection)
+        shared = source_vocab is target_vocab and model_config.arch == "transformer"
         self.info = ckpt.ModelInfo(
-            model=replace(model_config, src_vocab_size=len(source_vocab), tgt_vocab_size=len(target_vocab)),
+            model=replace(model_config, src_vocab_size=len(source_vocab), tgt_vocab_size=len(target_vocab),
+                          share_embeddings=shared or model_config.share_embeddings),
             source_vocab=source_vocab, target_vocab=target_vocab, preset=preset,
             source_lang=source_lang, target_lang=target_lang,
             max_source_length=max(len(p.source) for p in chosen.train),
@@ -295,7 +315,7 @@ class _Run:
                       "validation": [p.line for p in chosen.validation], "test": [p.line for p in chosen.test]}
 
         torch.manual_seed(train_config.seed)
-        self.model = Seq2Seq(self.info.model).to(device)
+        self.model = build_model(self.info.model).to(device)
         self.optimizer = make_optimizer(self.model, train_config)
         self.train_data = encode_pairs(chosen.train, self.info.source_vocab, self.info.target_vocab)
         self.valid_data = encode_pairs(chosen.validation, self.info.source_vocab, self.info.target_vocab)
@@ -454,9 +474,10 @@ class _Run:
             raise ConfigError(f"cannot create the model directory {self.out_dir} ({err.strerror}); "
                               "choose another --out") from None
         _remove_stale_temporaries(self.out_dir)
-        for stale in (ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.CARD_FILE):  # of the model replaced
+        for stale in (ckpt.WEIGHTS_FILE, ckpt.CHECKPOINT_FILE, ckpt.LOG_FILE, ckpt.CARD_FILE,
+                      ckpt.SUBWORD_FILE):  # of the model replaced
             (self.out_dir / stale).unlink(missing_ok=True)
-        ckpt.write_json(self.out_dir / ckpt.CONFIG_FILE, self.info.to_json())
+        ckpt.write_info(self.out_dir, self.info)
         ckpt.write_json(self.out_dir / ckpt.SPLIT_FILE, self.split)
         self.written = True
 
@@ -492,7 +513,7 @@ def _write_log(out_dir: Path, history: list[dict]) -> None:
     ckpt.atomic_write(out_dir / ckpt.LOG_FILE, text.encode("utf-8"))
 
 
-def _dump_rank(directory: Path, rank: int, model: Seq2Seq, optimizer: torch.optim.Optimizer,
+def _dump_rank(directory: Path, rank: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                state: TrainState) -> None:
     """Debug hook, set CHARMT_DEBUG_RANK_DUMP=DIR: each process writes DIR/rank{r}.txt with the sha256 of its
     final weights, its learning rate and step, so tests can check that DDP kept the processes' copies identical."""
