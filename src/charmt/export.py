@@ -36,13 +36,19 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int
                 overwrite: bool = False) -> Path:
     """Write the ONNX export of the model in `model_dir` to `out_dir`; each graph is checked with
     `onnx.checker` before anything is written."""
+    out = Path(out_dir)
+    # --overwrite replaces an earlier export, never a model: its config.json would be rewritten as an export's.
+    if out.exists() and out.resolve() == Path(model_dir).resolve():
+        raise ConfigError(f"{out} is the model directory itself; write the export to another directory")
+    if ckpt.holds_model(out):
+        raise ConfigError(f"{out} holds a trained model ({ckpt.WEIGHTS_FILE} or {ckpt.CHECKPOINT_FILE}); an export "
+                          "never writes into a model directory: choose another directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; choose another directory or add --overwrite")
     try:
         import onnx
     except ImportError:
         raise ConfigError("charmt export needs the onnx package: pip install 'charmt[export]'") from None
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} is not empty; choose another directory or add --overwrite")
     model, info = ckpt.load_model(model_dir, "cpu")
     attention = info.model.attention != "none"
     graphs = {ENCODER_FILE: _encoder_graph(model, attention), STEP_FILE: _step_graph(model, attention)}
