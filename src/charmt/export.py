@@ -10,7 +10,7 @@
 The graphs are torch_engine's `InferenceEncoder` (its LSTM as ONNX's LSTM operator with each sentence's length,
 so padding never changes a sentence's result) and `DecoderStep`, traced by PyTorch's TorchScript exporter
 (`dynamo=False`: the dynamo exporter has known trouble with bidirectional LSTMs). `int8` quantizes the weights
-of both graphs with onnxruntime's dynamic quantization.
+of both graphs' LSTM and matrix products with onnxruntime's dynamic quantization, as the PyTorch int8 engine does.
 """
 
 from __future__ import annotations
@@ -124,7 +124,11 @@ def _quantized(graph: bytes) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
             source.write_bytes(graph)
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            # The tensors PyTorch's int8 engine quantizes (nn.LSTM and nn.Linear), no others: int8 are the encoder
+            # LSTM's W and R, and the weights of the bridge, attention and decoder layers (MatMul/Gemm); the
+            # embeddings and the decoder's input table (read by Gather) and all biases stay float32.
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm", "LSTM"])
             return target.read_bytes()
     finally:
         if guard is not None:
