@@ -254,3 +254,19 @@ def test_train_options_reach_their_config_fields_including_renamed_ones():
     assert (model.num_layers, model.encoder_hidden_size, model.hidden_size) == (2, 64, 256)  # 256: the preset's
     assert (training.time_budget_minutes, training.seed, training.learning_rate) == (5, 3, 0.001)
     assert (selection.seed, selection.max_input_length) == (7, None)
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_export_never_writes_into_a_model_directory(tiny_model_dir, tmp_path, capsys, overwrite):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    for target, message in [
+        (tiny_model_dir, f"{tiny_model_dir} is the model directory itself; write the export to another directory"),
+        (other, f"{other} holds a trained model (model.safetensors or checkpoint.safetensors); an export never "
+                "writes into a model directory: choose another directory"),
+    ]:
+        before = {p.name: p.read_bytes() for p in target.iterdir()}
+        capsys.readouterr()
+        assert main(["export", str(tiny_model_dir), "--onnx", str(target), *overwrite]) == 1
+        assert capsys.readouterr().err == f"charmt: error: {message}\n"
+        assert {p.name: p.read_bytes() for p in target.iterdir()} == before

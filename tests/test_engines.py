@@ -19,9 +19,10 @@ from test_model import OPTION_IDS, OPTIONS, SRC_V, TGT_V, batch, make_model
 
 from charmt import checkpoint as ckpt
 from charmt.cli import main
+from charmt.config import ModelConfig
 from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError
-from charmt.families.lstm import InferenceEncoder
+from charmt.families.lstm import InferenceEncoder, Seq2Seq
 from charmt.torch_engine import TorchEngine
 from charmt.vocab import SPECIALS, START_ID, Vocab
 
@@ -162,6 +163,40 @@ def test_an_int8_export_translates(tiny_model_dir, tmp_path):
     assert translator.engine.description == "onnxruntime int8"
     outputs = translator.translate(SENTENCES)
     assert len(outputs) == len(SENTENCES) and all(outputs)
+
+
+def test_the_int8_engines_quantize_the_same_weights(tiny_model_dir, tmp_path):
+    """onnxruntime's int8 export and PyTorch's int8 engine are one model: int8 are the encoder LSTM's and the
+    linear layers' weights; the embeddings and the decoder's input table stay float32 on both."""
+    from torch.ao.nn.quantized import dynamic as quantized
+
+    exported = _export(tiny_model_dir, tmp_path / "int8", int8=True)
+    parts = TorchEngine(ckpt.load_model(tiny_model_dir)[0], int8=True)._modules()
+    int8_types = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    for name, part, table in [("encoder.onnx", parts[0], "encoder.embedding.weight"),
+                              ("decoder_step.onnx", parts[1], "table")]:
+        graph = onnx.load(exported / name).graph
+        initializers = {i.name: i for i in graph.initializer}
+        int8 = {k for k, i in initializers.items() if i.data_type in int8_types and k.endswith("_quantized")}
+        assert initializers[table].data_type == onnx.TensorProto.FLOAT
+        assert [n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in initializers] == [table]
+        ops = [n.op_type for n in graph.node]
+        linears = [m for m in part.modules() if isinstance(m, quantized.Linear)]
+        lstms = [m for m in part.modules() if isinstance(m, quantized.LSTM)]
+        assert (ops.count("MatMulInteger"), ops.count("DynamicQuantizeLSTM")) == (len(linears), len(lstms))
+        torch_int8 = [m.weight() for m in linears] + [w for m in lstms for w in m.get_weight().values()]
+        assert {w.dtype for w in torch_int8} == {torch.qint8}
+        assert sum(w.numel() for w in torch_int8) == sum(int(np.prod(initializers[k].dims)) for k in int8)
+        tables = [*part.buffers(), *(m.weight for m in part.modules() if isinstance(m, torch.nn.Embedding))]
+        assert tables and all(t.dtype == torch.float32 for t in tables)
+
+
+def test_int8_memory_counts_the_quantized_weights():
+    model = Seq2Seq(ModelConfig(src_vocab_size=60, tgt_vocab_size=60, hidden_size=256, embedding_size=64,
+                                bidirectional=True, attention="luong"))
+    fp32, int8 = TorchEngine(model).memory_bytes(), TorchEngine(model, int8=True).memory_bytes()
+    assert fp32 == sum(p.numel() * 4 for p in model.parameters())
+    assert int8 < 0.5 * fp32
 
 
 @pytest.mark.parametrize(

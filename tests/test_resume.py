@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,9 @@ from charmt import checkpoint as ckpt
 from charmt.cli import main
 from charmt.config import TrainConfig
 from charmt.errors import ModelFormatError
-from charmt.training import make_optimizer
+from charmt.training import make_optimizer, train
 
-from conftest import write_pairs
+from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN, write_pairs
 
 TRAIN_FLAGS = ["--preset", "tiny", "--hidden-size", "32", "--embedding-size", "16", "--epochs", "4",
                "--batch-size", "8", "--seed", "3", "--device", "cpu", "--threads", "1", "--eval-sentences", "20",
@@ -276,3 +277,33 @@ def test_checkpoint_without_training_state_is_refused(tmp_path, tiny_model_dir):
     with pytest.raises(ModelFormatError, match="holds no training state"):
         optimizer = make_optimizer(model, TrainConfig(**info.training))
         ckpt.load_train_state(model_dir, model, optimizer, torch.device("cpu"))
+
+
+# --- resuming a finished run ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reason, options", [
+    ("epochs", {"epochs": 2}),
+    # A learning rate too small to change a greedy output: epoch 2 scores as epoch 1, so patience 1 stops there.
+    ("early stopping", {"epochs": 5, "patience": 1, "learning_rate": 1e-12}),
+    # 6 ms: the first validation alone takes longer, so the budget ends within the first steps of epoch 2.
+    ("time budget", {"epochs": 0, "time_budget_minutes": 1e-4}),
+])
+def test_resume_of_a_finished_run_changes_nothing_and_says_why(tmp_path, demo_lines, capsys, reason, options):
+    data = write_pairs(tmp_path / "pairs.txt", demo_lines[:150])
+    model_dir = tmp_path / "model"
+    first = train(data, model_dir, model_config=TINY_MODEL, train_config=replace(TINY_TRAIN, **options),
+                  selection=TINY_SELECTION, preset="tiny")
+    assert first.stopped_because == reason
+    state = json.loads(ckpt.load_tensors(model_dir / ckpt.CHECKPOINT_FILE, with_metadata=True)[1]["state"])
+    assert state["finished"] == reason
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["-q", "train", str(data), "--out", str(model_dir), "--resume", "--device", "cpu"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"{model_dir} finished at epoch {first.epochs_run} ({reason}); nothing to resume — train with --overwrite "
+        "to start anew")
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    again = train(data, model_dir, resume=True)
+    assert (again.stopped_because, again.epochs_run) == (f"already finished ({reason})", first.epochs_run)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before

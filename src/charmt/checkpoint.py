@@ -308,6 +308,7 @@ class TrainState:
     epoch_loss_sum: float = 0.0  # sums over the current epoch's target characters
     epoch_correct: float = 0.0
     epoch_tokens: int = 0
+    finished: str = ""  # why the run ended ("epochs", "early stopping", "time budget"); "" while it goes on
 
 
 def save_train_state(directory: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -165,9 +165,13 @@ def cmd_train(args) -> int:
         raise ConfigError(f"--resume continues with the configuration stored in the model directory; drop "
                           f"{', '.join(changed)} (or start anew with --overwrite)")
     out = args.out or f"models/{Path(args.data).stem}-{args.preset}"
-    train(args.data, out, model_config=model, train_config=training, selection=selection, preset=args.preset,
-          resume=args.resume, overwrite=args.overwrite,
-          callback=TrainingProgress(quiet=args.quiet, file=sys.stderr))
+    result = train(args.data, out, model_config=model, train_config=training, selection=selection,
+                   preset=args.preset, resume=args.resume, overwrite=args.overwrite,
+                   callback=TrainingProgress(quiet=args.quiet, file=sys.stderr))
+    if result.stopped_because.startswith("already finished"):
+        reason = result.stopped_because.removeprefix("already finished (").removesuffix(")")
+        print(f"{out} finished at epoch {result.epochs_run} ({reason}); nothing to resume — train with "
+              "--overwrite to start anew", file=sys.stderr)
     return 0
 
 

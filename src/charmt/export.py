@@ -10,8 +10,8 @@
 The graphs are the family's inference encoder and decoder step (model.py; an LSTM: h, c (L, B, H) and, with
 attention, keys, context and bias per sentence; its encoder LSTM as ONNX's LSTM operator with each sentence's
 length, so padding never changes a sentence's result), traced by PyTorch's TorchScript exporter (`dynamo=False`:
-the dynamo exporter has known trouble with bidirectional LSTMs). `int8` quantizes the weights of both graphs with
-onnxruntime's dynamic quantization.
+the dynamo exporter has known trouble with bidirectional LSTMs). `int8` quantizes the weights of both graphs' LSTM
+and matrix products with onnxruntime's dynamic quantization, as the PyTorch int8 engine does.
 """
 
 from __future__ import annotations
@@ -37,13 +37,19 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int
                 overwrite: bool = False) -> Path:
     """Write the ONNX export of the model in `model_dir` to `out_dir`; each graph is checked with
     `onnx.checker` before anything is written."""
+    out = Path(out_dir)
+    # --overwrite replaces an earlier export, never a model: its config.json would be rewritten as an export's.
+    if out.exists() and out.resolve() == Path(model_dir).resolve():
+        raise ConfigError(f"{out} is the model directory itself; write the export to another directory")
+    if ckpt.holds_model(out):
+        raise ConfigError(f"{out} holds a trained model ({ckpt.WEIGHTS_FILE} or {ckpt.CHECKPOINT_FILE}); an export "
+                          "never writes into a model directory: choose another directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; choose another directory or add --overwrite")
     try:
         import onnx
     except ImportError:
         raise ConfigError("charmt export needs the onnx package: pip install 'charmt[export]'") from None
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} is not empty; choose another directory or add --overwrite")
     model, info = ckpt.load_model(model_dir, "cpu")
     graphs = _graphs(model)
     for name, graph in graphs.items():
@@ -105,7 +111,11 @@ def _quantized(graph: bytes) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
             source.write_bytes(graph)
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            # The tensors PyTorch's int8 engine quantizes (nn.LSTM and nn.Linear), no others: int8 are the encoder
+            # LSTM's W and R, and the weights of the bridge, attention and decoder layers (MatMul/Gemm); the
+            # embeddings and the decoder's input table (read by Gather) and all biases stay float32.
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm", "LSTM"])
             return target.read_bytes()
     finally:
         if guard is not None:

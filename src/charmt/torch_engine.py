@@ -74,7 +74,25 @@ class TorchEngine:
             return TorchState(tuple(t.index_select(1, rows_t) for t in state.rows), per_sentence)
 
     def memory_bytes(self) -> int:
-        """The model's weights and buffers."""
-        tensors = [*self.model.parameters(), *self.model.buffers()]
+        """The weights and buffers translation computes with: the model's, or for int8 the quantized modules'."""
+        if not self.int8:
+            tensors = [*self.model.parameters(), *self.model.buffers()]
+        else:
+            tensors = [t for part in self._modules() for t in _held_tensors(part)]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _held_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """`module`'s parameters and buffers, and the int8 weights that dynamically quantized layers keep packed
+    outside them (one byte per weight)."""
+    from torch.ao.nn.quantized import dynamic as quantized
+
+    tensors = []
+    for part in module.modules():
+        tensors += [*part.parameters(recurse=False), *part.buffers(recurse=False)]
+        if isinstance(part, quantized.Linear):
+            tensors += [part.weight(), *([part.bias()] if part.bias() is not None else [])]
+        elif isinstance(part, quantized.LSTM):
+            tensors += [*part.get_weight().values(), *part.get_bias().values()]
+    return tensors
 

@@ -340,6 +340,12 @@ class _Run:
 
     def train(self) -> TrainResult:
         cfg, state = self.cfg, self.state
+        # Checkpoints older than the `finished` field still tell a run that did all its epochs.
+        finished = state.finished or ("epochs" if cfg.epochs and state.epoch >= cfg.epochs else "")
+        if finished:  # resuming a finished run: nothing to do, and nothing written
+            log.info("%s finished at epoch %d (%s); nothing to resume", self.out_dir, state.epoch, finished)
+            return TrainResult(self.out_dir, state.best_chrf, state.best_epoch, state.epoch,
+                               f"already finished ({finished})", state.history)
         if self.rank == 0:
             self.notify("start", {"device": str(self.device), "precision": self.precision,
                                   "parameters": self.model.num_parameters(), "world_size": self.world,
@@ -452,6 +458,8 @@ class _Run:
         state.epoch_loss_sum, state.epoch_correct, state.epoch_tokens = 0.0, 0.0, 0
         if out_of_time:
             stop, stopped = True, "time budget"
+        if stop or (cfg.epochs and epoch >= cfg.epochs):  # recorded, so that --resume does not train on
+            state.finished = stopped or "epochs"
         if self.rank == 0:
             self._save_checkpoint()
         return stop, stopped
