@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from .errors import ConfigError, DataError
 from .languages import check_code
 
+ARCHS = ("lstm", "transformer")
 ATTENTION_KINDS = ("none", "luong")
 OPTIMIZERS = ("rmsprop", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -32,8 +33,14 @@ class ModelConfig:
     bidirectional: bool = False  # encoder only; its final states are bridged to the decoder's size
     attention: str = "none"  # "none" (the example) or "luong" (global attention, "general" score)
     dropout: float = 0.0
+    arch: str = "lstm"  # "lstm" or "transformer"
+    heads: int = 4  # transformer: attention heads (hidden_size must be divisible by it)
+    ff_size: int = 0  # transformer: feed-forward width, 0: 4 x hidden_size
+    share_embeddings: bool = False  # transformer: source and target share one embedding (a joint vocabulary)
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0 or self.encoder_hidden_size < 0:
