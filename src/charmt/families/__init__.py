@@ -1,0 +1,1 @@
+"""Model families: one module per family (its network, its inference step, its export examples)."""
