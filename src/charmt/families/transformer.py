@@ -303,7 +303,8 @@ class DecoderStep(nn.Module):
             y = y + a.out(a.merge(torch.matmul(a.weights(a.split(a.query(h)), k), v)))
             # Cross-attention per sentence: its K beams are K queries against its one copy of the keys.
             a = layer.cross_attention
-            q = a.query(layer.cross_norm(y)).reshape(n, -1, a.heads, a.head_size).transpose(1, 2)  # (n, heads, K, d_head)
+            q = a.query(layer.cross_norm(y)).reshape(n, -1, a.heads, a.head_size)  # (n, K, heads, d_head)
+            q = q.transpose(1, 2)  # (n, heads, K, d_head)
             weights = a.weights(q, memory_k[:, index], bias[:, None, None, :])  # (n, heads, K, S)
             context = torch.matmul(weights, memory_v[:, index])  # (n, heads, K, d_head)
             y = y + a.out(context.transpose(1, 2).reshape(y.shape))
@@ -329,7 +330,8 @@ def export_examples(model: Transformer) -> tuple[tuple, tuple, dict]:
     rows, per_sentence = {1: "rows", 3: "cache"}, {0: "batch", 3: "source"}
     axes = {
         "src": {0: "batch", 1: "source"}, "lengths": {0: "batch"},
-        "self_k": rows, "self_v": rows, "memory_k": per_sentence, "memory_v": per_sentence, "bias": {0: "batch", 1: "source"},
+        "self_k": rows, "self_v": rows, "memory_k": per_sentence, "memory_v": per_sentence,
+        "bias": {0: "batch", 1: "source"},
         "prev": {0: "rows"}, "logits": {0: "rows"}, "self_k_out": {1: "rows", 3: "cache_out"},
         "self_v_out": {1: "rows", 3: "cache_out"}, "attention": {0: "rows", 1: "source"},
     }
