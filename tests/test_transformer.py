@@ -146,6 +146,17 @@ def test_share_embeddings_ties_source_target_and_output():
     assert separate.num_parameters() - shared.num_parameters() == V * 32
 
 
+def test_dropout_only_in_training_even_after_building_inference_modules():
+    model = make_model(dropout=0.3)
+    src, lengths, tgt_in = padded_batch()
+    model.train()
+    InferenceEncoder(model).eval(), DecoderStep(model).eval()  # they share the model's layers
+    first, second = model(src, lengths, tgt_in)[0], model(src, lengths, tgt_in)[0]
+    assert not torch.allclose(first, second)
+    model.eval()
+    torch.testing.assert_close(model(src, lengths, tgt_in)[0], model(src, lengths, tgt_in)[0], atol=0, rtol=0)
+
+
 def test_initialisation():
     model = make_model(hidden_size=64)
     embedding = model.decoder.embedding.weight

@@ -107,7 +107,7 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         return self.out(self.merge(out))
 
-    def weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The attention weights of split queries (..., T, d_head) over split keys (..., S, d_head), plus an
         additive bias (0 or -inf) broadcast onto the scores -> (..., T, S). The step's path, which needs them."""
         scores = torch.matmul(q * self.head_size**-0.5, k.transpose(-1, -2))
@@ -300,12 +300,12 @@ class DecoderStep(nn.Module):
             v = torch.cat([self_v[index], a.split(a.value(h))], dim=2)
             keys.append(k)
             values.append(v)
-            y = y + a.out(a.merge(torch.matmul(a.weights(a.split(a.query(h)), k), v)))
+            y = y + a.out(a.merge(torch.matmul(a.attention_weights(a.split(a.query(h)), k), v)))
             # Cross-attention per sentence: its K beams are K queries against its one copy of the keys.
             a = layer.cross_attention
             q = a.query(layer.cross_norm(y)).reshape(n, -1, a.heads, a.head_size)  # (n, K, heads, d_head)
             q = q.transpose(1, 2)  # (n, heads, K, d_head)
-            weights = a.weights(q, memory_k[:, index], bias[:, None, None, :])  # (n, heads, K, S)
+            weights = a.attention_weights(q, memory_k[:, index], bias[:, None, None, :])  # (n, heads, K, S)
             context = torch.matmul(weights, memory_v[:, index])  # (n, heads, K, d_head)
             y = y + a.out(context.transpose(1, 2).reshape(y.shape))
             y = y + layer.ff(layer.ff_norm(y))
