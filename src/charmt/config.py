@@ -44,13 +44,6 @@ class ModelConfig:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.arch == "transformer":
-            if self.heads < 1 or self.hidden_size % self.heads:
-                raise ConfigError(f"hidden_size ({self.hidden_size}) must be a multiple of heads ({self.heads})")
-            if self.ff_size < 0:
-                raise ConfigError("ff_size must not be negative (0: 4 x hidden_size)")
-            if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-                raise ConfigError("share_embeddings needs one vocabulary for both sides (--units subword)")
         if self.attention not in ATTENTION_KINDS:
             raise ConfigError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
         if self.hidden_size < 1 or self.num_layers < 1 or self.embedding_size < 0 or self.encoder_hidden_size < 0:
