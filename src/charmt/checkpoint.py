@@ -198,8 +198,22 @@ def read_json(path: str | os.PathLike):
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     from safetensors.torch import save as save_safetensors_bytes
 
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in _one_name_each(tensors).items()}
     atomic_write(path, save_safetensors_bytes(tensors, metadata=metadata))
+
+
+def _one_name_each(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` with one name per tied weight (a Transformer's embedding is its output layer): safetensors stores
+    each tensor once, and `load_state` gives the other names back."""
+    seen: set[tuple] = set()
+    kept = {}
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() == 0 or key not in seen:
+            kept[name] = tensor
+        seen.add(key)
+    return kept
 
 
 def load_tensors(path: str | os.PathLike, *, with_metadata: bool = False):
@@ -265,8 +279,13 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
-    """Strictly load `tensors` into `model`, listing missing, unexpected or wrongly shaped weights."""
+    """Strictly load `tensors` into `model`, listing missing, unexpected or wrongly shaped weights. A tied weight
+    stored once (see `save_tensors`) is given to each of its names."""
     expected = model.state_dict()
+    tensors = dict(tensors)
+    for name, alias in _tied_names(expected).items():
+        if name not in tensors and alias in tensors:
+            tensors[name] = tensors[alias]
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
@@ -280,6 +299,22 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: 
             parts.append(f"wrong shape {[(k, tuple(tensors[k].shape), tuple(expected[k].shape)) for k in wrong[:3]]}")
         raise ModelFormatError(f"{where} does not match config.json: " + "; ".join(parts))
     model.load_state_dict(tensors, assign=any(p.is_meta for p in model.parameters()))
+
+
+def _tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """name -> the name `_one_name_each` keeps for it, for every name that shares its tensor with another."""
+    first: dict[tuple, str] = {}
+    tied = {}
+    for name in sorted(state):
+        tensor = state[name]
+        if tensor.numel() == 0:
+            continue
+        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+        if key in first:
+            tied[name] = first[key]
+        else:
+            first[key] = name
+    return tied
 
 
 def holds_model(directory: str | os.PathLike) -> bool:

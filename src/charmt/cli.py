@@ -65,6 +65,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", choices=["rmsprop", "adam", "adamw"], help=f"(seed: {t.optimizer})")
     g.add_argument("--learning-rate", "--lr", type=float, help=f"(seed: {t.learning_rate})")
     g.add_argument("--lr-schedule", choices=["constant", "plateau", "cosine"], help=f"(seed: {t.lr_schedule})")
+    g.add_argument("--warmup-steps", type=int, help=f"linear learning-rate warm-up (seed: {t.warmup_steps})")
     g.add_argument("--clip-grad-norm", type=float, help="gradient clipping, 0 for none (seed: 0)")
     g.add_argument("--patience", type=int, help="early stopping after N epochs without better chrF, 0: off")
     g.add_argument("--time-budget", type=float, metavar="MINUTES",
@@ -299,12 +300,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_attention(args) -> int:
-    from .decode import Translator, attention_weights
+    from .decode import ATTENTION_SHOWN, Translator, attention_weights
     from .plots import plot_attention
 
-    source, output, weights = attention_weights(Translator.load(args.model, device=args.device), args.sentence)
+    translator = Translator.load(args.model, device=args.device)
+    source, output, weights = attention_weights(translator, args.sentence)
     print("".join(output))
-    print(plot_attention(source, output, weights, args.png), file=sys.stderr)
+    print(plot_attention(source, output, weights, args.png, title=ATTENTION_SHOWN[translator.info.model.arch]),
+          file=sys.stderr)
     return 0
 
 

@@ -479,6 +479,11 @@ class Translator:
         return results
 
 
+# What `attention_weights` shows of each family (the CLI's heatmap and the web page say it).
+ATTENTION_SHOWN = {"lstm": "Luong attention of the decoder's top layer",
+                   "transformer": "last decoder layer's cross-attention, mean of its heads"}
+
+
 def attention_weights(translator: Translator, sentence: str) -> tuple[list[str], list[str], list[list[float]]]:
     """Greedy-decode one sentence (whitespace collapsed, not split) and return its source units, its output units
     and the attention weights: one row per output unit, one column per source unit (characters, or subword pieces

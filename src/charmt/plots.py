@@ -112,24 +112,29 @@ def length_figure(rows: list[dict], title: str = "") -> Figure:
 
 
 def plot_attention(source: list[str], output: list[str], weights: list[list[float]],
-                   png_path: str | os.PathLike) -> Path:
+                   png_path: str | os.PathLike, *, title: str | None = None) -> Path:
     """Heatmap of attention weights (`attention_figure`) into a PNG."""
-    return _save(attention_figure(source, output, weights), png_path)
+    return _save(attention_figure(source, output, weights, title=title), png_path)
 
 
-def attention_figure(source: list[str], output: list[str], weights: list[list[float]]) -> Figure:
-    """Heatmap of attention weights, as `decode.attention_weights` returns them: one row per output character,
-    one column per source character."""
+def attention_figure(source: list[str], output: list[str], weights: list[list[float]], *,
+                     title: str | None = None) -> Figure:
+    """Heatmap of attention weights, as `decode.attention_weights` returns them: one row per output unit (a
+    character or a subword piece), one column per source unit. `title`: what the weights are (for a Transformer,
+    `decode.ATTENTION_SHOWN` says how its layers and heads are combined)."""
     if not weights:
         raise ConfigError("the translation is empty: no attention to draw")
     fig = _figure((max(4.0, 0.32 * len(source) + 1.5), max(3.0, 0.32 * len(output) + 1.2)))
     ax = fig.subplots()
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    shown = lambda chars: ["␣" if c == " " else c for c in chars]  # noqa: E731
+    shown = lambda units: [u.replace(" ", "␣") for u in units]  # noqa: E731
     ax.set_xticks(range(len(source)), shown(source))
     ax.set_yticks(range(len(output)), shown(output))
-    ax.set_xlabel("source character")
-    ax.set_ylabel("output character")
+    unit = "character" if all(len(u) == 1 for u in (*source, *output)) else "unit"
+    ax.set_xlabel(f"source {unit}")
+    ax.set_ylabel(f"output {unit}")
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
     return fig
 
