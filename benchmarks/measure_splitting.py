@@ -9,6 +9,10 @@ paragraph when it returns exactly the three sentences. Tatoeba items that are th
 I'm busy.") count against every splitter alike, so the figures compare splitters; they are not absolute error
 rates. Also reported: how many single sentences each splitter cuts (a cut inside "Mr. Smith ..." is an error;
 one between two real sentences is not, so this is an upper bound on wrong cuts).
+
+With --hostile, the time each splitter takes on texts shaped to be slow (a 1x and a 4x length: a splitter linear in
+the length takes about 4x as long on the second): pySBD is quadratic in the number of sentences, and exponential
+on a period before a bracketed list of numbers (pySBD issue #79; here only 4 groups of digits, to stay short).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 
 from charmt.data import read_corpus
-from charmt.languages import languages_of_file
+from charmt.languages import languages_of_file, split_sentences
 
 _SENTENCE_BREAK = re.compile(r"[.!?…][\"'»”’)\]]*\s+")
 _OPENING = "\"'«“‘(¿¡["
@@ -38,7 +42,7 @@ def regex_split(text: str, lang: str) -> list[str]:
 
 
 def splitters() -> dict:
-    found = {"regex (charmt until now)": regex_split}
+    found = {"regex (charmt until now)": regex_split, "charmt (split_sentences)": split_sentences}
     try:
         from sentencex import segment
 
@@ -64,13 +68,36 @@ def splitters() -> dict:
     return found
 
 
+HOSTILE = {"a. a. a.": "a. ", "e.g. e.g.": "e.g. ", "Mr. A. Mr. A.": "Mr. A. ", '"A. "A.': '"A. ',
+           ".[111 ...]": "See e.g.[111 111 111 111] x. "}
+
+
+def hostile(found: dict) -> None:
+    print(f"{'shape':<16} {'splitter':<26} {'ms, 2,500 chars':>16} {'ms, 10,000 chars':>17} {'ratio':>6}")
+    for shape, unit in HOSTILE.items():
+        short, long = [(unit * (n // len(unit) + 1))[:n] for n in (2_500, 10_000)]
+        for name, split in found.items():
+            seconds = []
+            for text in (short, long):
+                start = time.perf_counter()
+                split(text, "en")
+                seconds.append(time.perf_counter() - start)
+            print(f"{shape:<16} {name:<26} {1000 * seconds[0]:>16.1f} {1000 * seconds[1]:>17.1f} "
+                  f"{seconds[1] / seconds[0]:>6.1f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("files", nargs="+", type=Path, help="pair files named after their language (fra.test.txt, ...)")
+    p.add_argument("files", nargs="*", type=Path, help="pair files named after their language (fra.test.txt, ...)")
     p.add_argument("--paragraphs", type=int, default=500, help="paragraphs per file and column (default: 500)")
+    p.add_argument("--hostile", action="store_true", help="time the splitters on texts shaped to be slow")
     args = p.parse_args()
     found = splitters()
     print(f"splitters: {', '.join(found)}")
+    if args.hostile:
+        hostile(found)
+    if not args.files:
+        return
     print(f"{'file':<16} {'column':<6} {'splitter':<26} {'paragraphs right':>16} {'single cut':>10} {'ms/para':>8}")
     for path in args.files:
         languages = languages_of_file(path) or ("en", "en")

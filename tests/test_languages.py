@@ -7,10 +7,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
 import sacrebleu
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import charmt.languages
 from charmt import checkpoint as ckpt
@@ -101,6 +105,94 @@ def test_names_and_direction():
 )
 def test_sentences_are_split_per_script(lang, text, sentences):
     assert split_sentences(text, lang) == sentences
+
+
+def test_a_text_longer_than_the_splitters_window_is_split_as_its_parts():
+    paragraph = "Mr. Smith is here. It costs 3.50 euros. Où est la gare ? "
+    sentences = split_sentences(paragraph * 100, "en")  # 5,700 characters, several windows
+    assert sentences == ["Mr. Smith is here.", "It costs 3.50 euros.", "Où est la gare ?"] * 100
+
+
+def test_a_sentence_longer_than_half_the_splitters_window_is_cut_at_a_space():
+    text = "Hi. " + "word " * 600 + "end."
+    sentences = split_sentences(text, "en")
+    assert sentences[0] == "Hi." and all(500 <= len(s) <= 1000 for s in sentences[1:-1])
+    assert " ".join(sentences) == text
+
+
+def _no_spaces(text: str) -> str:
+    return "".join(text.split())
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(st.sampled_from(list("ab A.!?()[]1 ,\n\"«»。☝∯\ue000")) | st.characters(), max_size=300),
+       lang=st.sampled_from(["en", "de", "ja", "pt"]))
+def test_the_sentences_hold_every_character_of_the_text_but_spaces(text, lang):
+    assert _no_spaces("".join(split_sentences(text, lang))) == _no_spaces(text)
+
+
+# pySBD's numbered-reference rule backtracks exponentially after a period and an opening bracket (pySBD issue #79
+# found it on Wikipedia, "...[484 216 622 139 651 592 379 228 242 355]"): 8 groups took 4 s, 10 hours.
+_REFERENCES = [".." + "[" + " ".join(["111"] * n) + "]" for n in (10, 20, 40)] + [
+    "......[289852000000260698,289852000000260744",  # also from issue #79
+    "See e.g.[" + "1" * 60 + "] Next one.", "It is.☝[" + "1☝" * 40 + "] Next.",  # pySBD deletes ☝ before the rule
+    "Foobar me.600036001060011700057000 There is nothing to report.",  # pragmatic_segmenter issue #78
+]
+
+
+@pytest.mark.parametrize("text", _REFERENCES)
+def test_a_long_list_of_numbers_after_a_period_is_split_at_once(text):
+    start = time.monotonic()
+    sentences = split_sentences(text, "en")
+    assert time.monotonic() - start < 2
+    assert _no_spaces("".join(sentences)) == _no_spaces(text)
+
+
+def test_a_short_citation_after_a_period_stays_with_its_sentence():
+    assert split_sentences("It is true.[1] It is.[12-14] Next one.", "en") == ["It is true.[1]", "It is.[12-14]",
+                                                                                "Next one."]
+
+
+def _seconds(text: str, lang: str) -> float:
+    """The fastest of three runs, to see the splitter's time rather than the machine's other work."""
+    times = []
+    for _ in range(3):
+        start = time.monotonic()
+        split_sentences(text, lang)
+        times.append(time.monotonic() - start)
+    return min(times)
+
+
+@pytest.mark.parametrize("unit", [
+    "a. ", "e.g. ", "Mr. A. ", '"A. ', "(a) ", ".", "?!", "(", "1", "[1 ", "See e.g.[111 111 111 111 111] x. ",
+    "Where? " + "\u3002" * 3, "".join(itertools.islice(itertools.cycle(".,;:!?()[]{}\"'«»-…1a A"), 997)),
+])
+@pytest.mark.parametrize("lang", ["en", "pt"])  # pySBD, sentencex
+def test_splitting_takes_time_linear_in_the_length(unit, lang):
+    short, long = [(unit * (n // len(unit) + 1))[:n] for n in (2_500, 10_000)]
+    time_short, time_long = _seconds(short, lang), _seconds(long, lang)
+    assert time_long < 2
+    assert time_long <= 8 * time_short + 0.005, (time_short, time_long)  # 4x the length; quadratic would be 16x
+
+
+def test_threads_splitting_at_once_each_get_their_own_sentences():
+    texts = {lang: " ".join(f"Sentence {i} of {lang} is here." for i in range(40)) for lang in ("en", "de", "pt")}
+    texts["en2"] = " ".join(f"Mr. Smith has {i}.5 euros!" for i in range(40))
+    expected = {key: split_sentences(text, key[:2]) for key, text in texts.items()}
+    wrong = []
+
+    def work(key: str) -> None:
+        for _ in range(30):
+            got = split_sentences(texts[key], key[:2])
+            if got != expected[key]:
+                wrong.append(key)
+
+    threads = [threading.Thread(target=work, args=(key,)) for key in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == [] and len(expected["en"]) == len(expected["pt"]) == 40  # pySBD and sentencex
 
 
 @pytest.mark.parametrize("lang, joined", [("zh", "你好。我很冷！"), ("ja", "你好。我很冷！"),

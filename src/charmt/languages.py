@@ -83,8 +83,19 @@ def languages_of_file(path: str | Path) -> tuple[str, str] | None:
 # Scripts written without spaces between words: sentences are joined without one, and BLEU needs a tokenizer of
 # its own (or characters) to see words at all.
 _NO_SPACES = {"zh", "ja", "yue", "th", "lo", "km", "my", "bo"}
-# Sentence-final punctuation with something after it: only such a text can hold two sentences.
-_MAYBE_SEVERAL = re.compile(r"[.!?…。！？｡‼⁇⁈⁉؟।॥።][^\w]*\s*\w")
+# Sentence-final punctuation; a text can only hold two sentences where a word comes after one.
+_SENTENCE_END = re.compile(r"[.!?…。！？｡‼⁇⁈⁉؟।॥።]")
+_WORD = re.compile(r"\w")
+# The splitter reads a long text in windows of this many characters: pySBD takes time quadratic in the number of
+# sentences it is given (a 4,000-character run of "a. " takes 12x as long as 1,000 characters), so each call gets a
+# bounded piece and the whole text is split in time linear in its length.
+_WINDOW = 1000
+# A bracketed list of numbers longer than a citation ("[1]", "[12-14]", "[1, 4, 7]"): after a period, pySBD's
+# numbered-reference rule backtracks exponentially on it (pySBD issue #79: 20 digits after ".[" take 70 ms, each
+# more digit about twice as long). Its bracket is hidden from pySBD whatever comes before, as pySBD deletes some
+# characters (☝, which it also reads in the list) before that rule runs.
+_LONG_REFERENCE = re.compile(r"\[(?=[\[\]\d\s,☝-]{11})")
+_NOT_A_BRACKET = "\ue000"  # in place of that bracket, one character for one, so that offsets do not move
 
 
 def split_sentences(text: str, lang: str | None = "en") -> list[str]:
@@ -92,23 +103,56 @@ def split_sentences(text: str, lang: str | None = "en") -> list[str]:
     ("3.5") do not end a sentence, and 。！？ do without a space after them.
 
     pySBD for the 23 languages it knows (it measured best: benchmarks/measure_splitting.py), sentencex for the
-    others (about 300 languages); a text without a sentence end inside it is returned as it is, unsplit.
+    others (about 300 languages); a text without a sentence end inside it is returned as it is, unsplit. Time is
+    linear in the text's length whatever it holds, and the sentences joined hold every character of the text but
+    its spaces: a sentence longer than half a window (500 characters) may be cut at a space.
     """
     text = text.strip()
     if not text:
         return []
-    if not _MAYBE_SEVERAL.search(text):
+    end = _SENTENCE_END.search(text)
+    if not end or not _WORD.search(text, end.end()):
         return [text]
-    base = (lang or "en").split("-")[0]
-    return [s.strip() for s in _segmenter(base)(text) if s.strip()] or [text]
+    split = _splitter((lang or "en").split("-")[0])
+    sentences, start = [], 0
+    while start < len(text):
+        window = text[start : start + _WINDOW]
+        ends = _sentence_ends(window, split)
+        if start + _WINDOW >= len(text):
+            ends = ends[:-1] + [len(window)]  # the last sentence takes whatever the splitter left at the end
+        else:
+            ends = ends[:-1]  # the window's last sentence may go on after it: the next window starts there
+            if not ends or ends[-1] < _WINDOW // 2:  # ... unless that moves on too little: cut at a space
+                ends.append(window.rfind(" ", _WINDOW // 2) + 1 or _WINDOW)
+        cut = 0
+        for end in ends:
+            sentences.append(window[cut:end].strip())
+            cut = end
+        start += cut
+    return [s for s in sentences if s]
+
+
+def _sentence_ends(text: str, split) -> list[int]:
+    """Where each sentence `split` finds in `text` ends (text it leaves out goes with the sentence after it)."""
+    text = _LONG_REFERENCE.sub(_NOT_A_BRACKET, text)
+    ends, position = [], 0
+    for sentence in split(text):
+        found = text.find(sentence.strip(), position) if sentence.strip() else -1
+        if found >= 0:
+            position = found + len(sentence.strip())
+            ends.append(position)
+    return ends
 
 
 @functools.cache
-def _segmenter(lang: str):
+def _splitter(lang: str):
     import pysbd
 
     if lang in pysbd.languages.LANGUAGE_CODES:
-        return pysbd.Segmenter(language=lang, clean=False).segment
+        # A segmenter of its own for every call: its segment() keeps the text it works on in the segmenter. Its
+        # processor gives the sentences without segment()'s search for each in the text, which takes time quadratic
+        # in their number (_sentence_ends finds them, in linear time).
+        return lambda text: pysbd.Segmenter(language=lang, clean=False).processor(text).process()
     from sentencex import segment
 
     return functools.partial(segment, lang)

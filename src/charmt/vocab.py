@@ -7,8 +7,10 @@ its "masked" accuracy masked nothing). START is the tab and END the newline, as 
 
 from __future__ import annotations
 
+import functools
 import io
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
@@ -24,8 +26,32 @@ PAD_ID, UNK_ID, START_ID, END_ID = range(4)
 
 
 def normalize(text: str) -> str:
-    """NFC-normalise, so that 'é' typed as one code point or as 'e' + accent is the same character."""
-    return unicodedata.normalize("NFC", text)
+    """NFC-normalise, so that 'é' typed as one code point or as 'e' + accent is the same character.
+
+    In a text not yet in NFC, a run of more than 30 combining marks, which no language writes, first gets U+034F
+    (combining grapheme joiner) after every 30, as Unicode's Stream-Safe Text Format has it (UAX #15): unicodedata
+    takes time quadratic in the length of such a run (100,000 accents in no canonical order: 13 s), and linear
+    with the joiners. Checking whether a text is in NFC takes linear time.
+    """
+    if text.isascii() or unicodedata.is_normalized("NFC", text):
+        return text
+    return unicodedata.normalize("NFC", _long_mark_run().sub("\\g<0>\u034f", text))
+
+
+@functools.cache
+def _long_mark_run() -> re.Pattern:
+    """30 combining marks followed by another one. A mark: a character of canonical combining class other than 0,
+    or one that decomposes into such characters (three Tibetan vowel signs)."""
+    marks = [c for c in range(sys.maxunicode + 1) if unicodedata.combining(chr(c)) or (
+        unicodedata.decomposition(chr(c)) and unicodedata.combining(unicodedata.normalize("NFD", chr(c))[0]))]
+    ranges = []
+    for c in marks:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    mark = "[" + "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges) + "]"
+    return re.compile(f"{mark}{{30}}(?={mark})")
 
 
 # Spaces that look like a plain space: no-break (U+00A0), narrow no-break (U+202F, French before ? ! : ;), thin,
