@@ -16,11 +16,12 @@ import torch
 
 import charmt.training
 from charmt.batching import EncodedPairs, epoch_items, make_batches
+from charmt.checkpoint import TrainState
 from charmt.config import TrainConfig, updated
 from charmt.data import Pair
 from charmt.decode import Translator, _repeats, _trim
 from charmt.errors import ConfigError
-from charmt.training import learning_rate, train, training_precision
+from charmt.training import EpochDecision, decide_epoch, learning_rate, train, training_precision
 
 from conftest import TINY_MODEL, TINY_SELECTION, TINY_TRAIN
 
@@ -152,6 +153,30 @@ def test_bf16_training_learns_like_fp32_and_keeps_float32_weights(pair_file, tmp
 def testlearning_rate_schedule(schedule, warmup, step, progress, factor, expected):
     config = TrainConfig(lr_schedule=schedule, warmup_steps=warmup, learning_rate=1.0)
     assert learning_rate(config, step, progress, factor) == pytest.approx(expected, abs=1e-9)
+
+
+# The state before epoch 5 ends: best chrF 40 at epoch 3, one stale epoch since, the plateau factor halved once.
+BEFORE_EPOCH_5 = TrainState(epoch=4, best_chrf=40.0, best_epoch=3, stale_epochs=1, plateau_factor=0.5)
+
+
+@pytest.mark.parametrize(
+    "chrf, schedule, patience, out_of_time, expected",
+    [
+        (45.0, "constant", 0, False, EpochDecision(True, 45.0, 5, 0, 0.5, "")),  # better chrF: the best
+        (40.0, "constant", 0, False, EpochDecision(False, 40.0, 3, 2, 0.5, "")),  # as good is not better
+        (45.0, "plateau", 2, False, EpochDecision(True, 45.0, 5, 0, 0.5, "")),
+        (30.0, "plateau", 0, False, EpochDecision(False, 40.0, 3, 2, 0.25, "")),  # plateau: halved again
+        (30.0, "constant", 2, False, EpochDecision(False, 40.0, 3, 2, 0.5, "early stopping")),  # patience reached
+        (30.0, "constant", 3, False, EpochDecision(False, 40.0, 3, 2, 0.5, "")),
+        (45.0, "constant", 0, True, EpochDecision(True, 45.0, 5, 0, 0.5, "time budget")),
+        (30.0, "constant", 2, True, EpochDecision(False, 40.0, 3, 2, 0.5, "time budget")),  # the budget tells why
+        (None, "plateau", 1, False, EpochDecision(True, -1.0, 5, 0, 0.5, "")),  # no validation: the last is best
+    ],
+)
+def test_end_of_epoch_decision(chrf, schedule, patience, out_of_time, expected):
+    record = {"epoch": 5} if chrf is None else {"epoch": 5, "val_chrf": chrf}
+    config = TrainConfig(lr_schedule=schedule, patience=patience)
+    assert decide_epoch(BEFORE_EPOCH_5, record, config, out_of_time) == expected
 
 
 @pytest.mark.parametrize(

@@ -223,9 +223,12 @@ def train(data_path: str | os.PathLike, out_dir: str | os.PathLike, *, model_con
         selection = selection or base_selection
     device = resolve_device(train_config.device)
     precision = training_precision(train_config.precision, device)
+    notify = callback or (lambda event, info: None)
     with _caller_settings_kept(train_config.threads, device), _process_group(device) as (rank, world, device):
-        run = _Run(data_path, out_dir, model_config, train_config, selection, preset, stored, rank, world, device,
-                   precision, callback or (lambda event, info: None))
+        prepared = prepare_run(data_path, out_dir, model_config, train_config, selection, preset, stored)
+        if rank == 0:
+            notify("selection", prepared.report)
+        run = _Run(prepared, out_dir, train_config, stored, rank, world, device, precision, notify)
         return run.train()
 
 
@@ -248,6 +251,60 @@ def _check_output_directory(out_dir: Path, *, resume: bool, overwrite: bool) -> 
     return None
 
 
+# --- preparing: the data and the model's description ---------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """What a run trains on, decided before any model exists or anything is written."""
+
+    info: ckpt.ModelInfo  # config.json
+    split: dict  # split.json: which lines of the file went to validation and test
+    chosen: Selection
+    short_length: int  # sources this short (in the model's units) are repeated `short_repeats` times an epoch
+    report: dict  # the "selection" event
+
+
+def prepare_run(data_path: str | os.PathLike, out_dir: Path, model_config: ModelConfig, train_config: TrainConfig,
+                selection: SelectionConfig, preset: str, stored: ckpt.ModelInfo | None) -> Prepared:
+    """Read and select the pairs, build (or, resuming, reuse) the vocabularies and describe the model."""
+    # Read and select before touching out_dir: bad data never costs an existing model.
+    corpus = read_corpus(data_path, reverse=selection.reverse)
+    # Checked before selecting: another file could fail the selection with a misleading message.
+    if stored is not None and stored.data.get("sha256") != corpus.sha256:
+        raise ConfigError(f"{data_path} is not the file {out_dir} was trained on (its sha256 differs)")
+    chosen = select(corpus, selection)
+    if not chosen.train:  # e.g. a file of one pair, which the validation split takes
+        raise DataError(f"{data_path}: none of its {len(chosen.all_pairs)} selected pairs is left for training "
+                        "after the validation and test split; add pairs or lower --validation-fraction")
+    if stored is not None:
+        source_vocab, target_vocab = stored.source_vocab, stored.target_vocab
+    else:
+        source_vocab, target_vocab = build_vocabularies(chosen, selection)
+    # Length rules follow this data, in the model's units: "short" sources, and the output cap (Chinese ->
+    # English needs 4-7x).
+    lengths = _unit_lengths(chosen.train, source_vocab, target_vocab)
+    short_length = train_config.short_source_length or int(length_quantile([s for s, _ in lengths], SHORT_SOURCE_SHARE))
+    length_ratio = round(length_quantile([t / max(s, 1) for s, t in lengths], LENGTH_RATIO_QUANTILE), 3)
+    summary = {**chosen.summary(), "source_vocab": len(source_vocab), "target_vocab": len(target_vocab),
+               "short_source_length": short_length}
+    source_lang, target_lang = model_languages(data_path, selection)
+    shared = source_vocab is target_vocab and model_config.arch == "transformer"
+    info = ckpt.ModelInfo(
+        model=replace(model_config, src_vocab_size=len(source_vocab), tgt_vocab_size=len(target_vocab),
+                      share_embeddings=shared or model_config.share_embeddings),
+        source_vocab=source_vocab, target_vocab=target_vocab, preset=preset,
+        source_lang=source_lang, target_lang=target_lang,
+        max_source_length=max(len(p.source) for p in chosen.train),
+        max_target_length=max(len(p.target) for p in chosen.train), length_ratio=length_ratio,
+        selection=asdict(selection), training=asdict(train_config),
+        data={"path": str(data_path), "sha256": corpus.sha256, "licence": corpus.licence, **summary},
+    )
+    split = {"data": str(data_path), "sha256": corpus.sha256, "train": len(chosen.train),
+             "validation": [p.line for p in chosen.validation], "test": [p.line for p in chosen.test]}
+    return Prepared(info, split, chosen, short_length, {"corpus": corpus.report(), **summary})
+
+
 def build_vocabularies(chosen: Selection, selection: SelectionConfig) -> tuple[Vocab | SubwordVocab,
                                                                               Vocab | SubwordVocab]:
     """The model's units: characters of each language (from every selected pair, as the Keras example), or one
@@ -266,54 +323,22 @@ def _unit_lengths(pairs: list[Pair], source_vocab, target_vocab) -> list[tuple[i
     return [(len(source_vocab.encode(p.source)), len(target_vocab.encode(p.target))) for p in pairs]
 
 
-class _Run:
-    """One training run, phase by phase: data and model (`__init__`), then epochs of steps, each ending with
-    validation and a checkpoint. Only rank 0 writes, and nothing before its first checkpoint."""
+# --- the run ----------------------------------------------------------------------------------------------
 
-    def __init__(self, data_path, out_dir: Path, model_config: ModelConfig, train_config: TrainConfig,
-                 selection: SelectionConfig, preset: str, stored: ckpt.ModelInfo | None, rank: int, world: int,
-                 device: torch.device, precision: str, notify: Callback):
+
+class _Run:
+    """One training run on prepared data: the model and its restored state (`__init__`), then epochs of steps,
+    each ending with validation, the end-of-epoch decision and a checkpoint. Only rank 0 writes, and nothing
+    before its first checkpoint."""
+
+    def __init__(self, prepared: Prepared, out_dir: Path, train_config: TrainConfig, stored: ckpt.ModelInfo | None,
+                 rank: int, world: int, device: torch.device, precision: str, notify: Callback):
         self.out_dir, self.cfg, self.rank, self.world, self.device = out_dir, train_config, rank, world, device
         self.precision, self.notify = precision, notify
-        self.hardware = f"{hardware_name(device)} in {precision}"
-        # Read and select before touching out_dir: bad data never costs an existing model.
-        corpus = read_corpus(data_path, reverse=selection.reverse)
-        # Checked before selecting: another file could fail the selection with a misleading message.
-        if stored is not None and stored.data.get("sha256") != corpus.sha256:
-            raise ConfigError(f"{data_path} is not the file {out_dir} was trained on (its sha256 differs)")
-        self.chosen = chosen = select(corpus, selection)
-        if not chosen.train:  # e.g. a file of one pair, which the validation split takes
-            raise DataError(f"{data_path}: none of its {len(chosen.all_pairs)} selected pairs is left for training "
-                            "after the validation and test split; add pairs or lower --validation-fraction")
-        if stored is not None:
-            source_vocab, target_vocab = stored.source_vocab, stored.target_vocab
-        else:
-            source_vocab, target_vocab = build_vocabularies(chosen, selection)
-        # Length rules follow this data, in the model's units: "short" sources, and the output cap (Chinese ->
-        # English needs 4-7x).
-        lengths = _unit_lengths(chosen.train, source_vocab, target_vocab)
-        self.short_length = train_config.short_source_length or int(
-            length_quantile([s for s, _ in lengths], SHORT_SOURCE_SHARE))
-        length_ratio = round(length_quantile([t / max(s, 1) for s, t in lengths], LENGTH_RATIO_QUANTILE), 3)
-        summary = {**chosen.summary(), "source_vocab": len(source_vocab), "target_vocab": len(target_vocab),
-                   "short_source_length": self.short_length}
-        if rank == 0:
-            notify("selection", {"corpus": corpus.report(), **summary})
-        source_lang, target_lang = model_languages(data_path, selection)
-        shared = source_vocab is target_vocab and model_config.arch == "transformer"
-        self.info = ckpt.ModelInfo(
-            model=replace(model_config, src_vocab_size=len(source_vocab), tgt_vocab_size=len(target_vocab),
-                          share_embeddings=shared or model_config.share_embeddings),
-            source_vocab=source_vocab, target_vocab=target_vocab, preset=preset,
-            source_lang=source_lang, target_lang=target_lang,
-            max_source_length=max(len(p.source) for p in chosen.train),
-            max_target_length=max(len(p.target) for p in chosen.train), length_ratio=length_ratio,
-            selection=asdict(selection), training=asdict(train_config),
-            data={"path": str(data_path), "sha256": corpus.sha256, "licence": corpus.licence, **summary},
-        )
-        self.split = {"data": str(data_path), "sha256": corpus.sha256, "train": len(chosen.train),
-                      "validation": [p.line for p in chosen.validation], "test": [p.line for p in chosen.test]}
-
+        self.info, chosen = prepared.info, prepared.chosen
+        self.files = _ModelDirectory(out_dir, prepared.info, prepared.split, f"{hardware_name(device)} in {precision}",
+                                     written=stored is not None)
+        # The initial weights depend on the seed alone: the model is built first after seeding, as it always was.
         torch.manual_seed(train_config.seed)
         self.model = build_model(self.info.model).to(device)
         self.optimizer = make_optimizer(self.model, train_config)
@@ -322,19 +347,22 @@ class _Run:
         eval_pairs, eval_refs = references_by_source(chosen.validation)
         self.eval_pairs, self.eval_refs = eval_pairs[: train_config.eval_sentences], \
             eval_refs[: train_config.eval_sentences]
-        self.items = epoch_items(self.train_data, train_config.short_repeats, self.short_length)
+        self.items = epoch_items(self.train_data, train_config.short_repeats, prepared.short_length)
         self.steps_per_epoch = math.ceil(len(self.items) / train_config.batch_size) // world
         if self.steps_per_epoch == 0:  # a process without a batch would leave the others waiting in all-reduce
             raise ConfigError(f"{len(self.train_data)} training pairs make fewer batches of {train_config.batch_size} "
                               f"than the {world} processes; lower --batch-size or start fewer processes")
-        self.state = TrainState()
-        self.written = stored is not None  # whether out_dir holds this run's files yet
-        if stored is not None:
-            if rank == 0:
-                _remove_stale_temporaries(out_dir)
-            self.state = ckpt.load_train_state(out_dir, self.model, self.optimizer, device)
-            log.info("resuming %s at epoch %d, step %d", out_dir, self.state.epoch + 1, self.state.step_in_epoch)
+        self.state = self._restored_state() if stored is not None else TrainState()
         self.trained_model = torch.nn.parallel.DistributedDataParallel(self.model) if world > 1 else self.model
+        self.autocast = training_autocast(precision, device)
+
+    def _restored_state(self) -> TrainState:
+        """Resuming: the checkpoint's weights, optimizer, RNG and position (the model and optimizer are filled in)."""
+        if self.rank == 0:
+            _remove_stale_temporaries(self.out_dir)
+        state = ckpt.load_train_state(self.out_dir, self.model, self.optimizer, self.device)
+        log.info("resuming %s at epoch %d, step %d", self.out_dir, state.epoch + 1, state.step_in_epoch)
+        return state
 
     # --- the loop ---------------------------------------------------------------------------------------
 
@@ -351,15 +379,12 @@ class _Run:
                                   "parameters": self.model.num_parameters(), "world_size": self.world,
                                   "steps_per_epoch": self.steps_per_epoch, "epochs": cfg.epochs,
                                   "start_epoch": state.epoch + 1})
-        self.budget = cfg.time_budget_minutes * 60
-        self.clock = time.monotonic() - state.elapsed
-        self.time_used = state.elapsed / self.budget if self.budget else 0.0  # the same on every process
-        self.last_checkpoint = time.monotonic()
+        self._start_clock()
         stopped = "epochs"
         while not cfg.epochs or state.epoch < cfg.epochs:
             out_of_time = self._train_epoch()
-            stop, reason = self._end_epoch(out_of_time)
-            if stop:
+            reason = self._end_epoch(out_of_time)
+            if reason:
                 stopped = reason
                 break
         if self.world > 1:
@@ -371,109 +396,159 @@ class _Run:
             self.notify("end", asdict(result))
         return result
 
+    def _start_clock(self) -> None:
+        """The run's clock continues a resumed run's elapsed time (the budget and the cosine schedule follow it)."""
+        self.budget = self.cfg.time_budget_minutes * 60
+        self.clock = time.monotonic() - self.state.elapsed
+        self.time_used = self.state.elapsed / self.budget if self.budget else 0.0  # the same on every process
+        self.last_checkpoint = time.monotonic()
+
+    # --- stepping ---------------------------------------------------------------------------------------
+
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch; True if the time budget ran out within it."""
         cfg, state = self.cfg, self.state
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + state.epoch)
-        batches = make_batches(self.train_data, cfg.batch_size, generator, cfg.bucket, self.items)
-        batches = batches[: self.steps_per_epoch * self.world][self.rank :: self.world]
+        batches = self._epoch_batches()
         total_steps = self.steps_per_epoch * cfg.epochs or math.inf  # epochs 0: the clock alone sets progress
-        autocast = training_autocast(self.precision, self.device)
         epoch_start, pairs_done, first_step = time.monotonic(), 0, state.step_in_epoch
         self.model.train()
         for step in range(first_step, len(batches)):
             progress = max(state.global_step / total_steps, self.time_used)
             lr = learning_rate(cfg, state.global_step, progress, state.plateau_factor)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            src, lengths, tgt_in, tgt_out = collate(self.train_data, batches[step], self.device)
-            with autocast:
-                logits, loss = self.trained_model(src, lengths, tgt_in, tgt_out, label_smoothing=cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
-            self.optimizer.step()
-            mask = tgt_out != PAD_ID
-            tokens = int(mask.sum())
-            state.epoch_loss_sum += float(loss.detach()) * tokens
-            state.epoch_correct += masked_accuracy(logits.detach(), tgt_out, mask) * tokens
+            loss, accuracy, tokens = self._step(batches[step], lr)
+            state.epoch_loss_sum += loss * tokens
+            state.epoch_correct += accuracy * tokens
             state.epoch_tokens += tokens
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             pairs_done += len(batches[step]) * self.world
-            elapsed = time.monotonic() - epoch_start
             if self.rank == 0:
+                elapsed = time.monotonic() - epoch_start
                 self.notify("step", {"epoch": state.epoch + 1, "step": step + 1, "steps": len(batches),
                                      "loss": state.epoch_loss_sum / state.epoch_tokens,
                                      "accuracy": state.epoch_correct / state.epoch_tokens,
                                      "pairs_per_s": pairs_done / max(elapsed, 1e-9), "lr": lr,
                                      "steps_per_s": (step + 1 - first_step) / max(elapsed, 1e-9)})
-            # Under DDP each process has its own clock: all use the slowest one, for the lr and to stop together.
-            used = (time.monotonic() - self.clock) / self.budget if self.budget else 0.0
-            self.time_used = _max_over_ranks(used, self.world, self.device)
-            if self.budget and self.time_used >= 1.0:
+            if self._out_of_time():
                 return True
             if self.rank == 0 and time.monotonic() - self.last_checkpoint >= cfg.checkpoint_minutes * 60:
                 self._save_checkpoint()
         return False
 
-    def _end_epoch(self, out_of_time: bool) -> tuple[bool, str]:
-        """Validate, log, keep the best and the last model; (stop, why)."""
-        cfg, state, epoch = self.cfg, self.state, self.state.epoch + 1
-        record = {"epoch": epoch, "steps": state.global_step,
+    def _epoch_batches(self) -> list:
+        """This process's share of the current epoch's batches, in an order that depends on (seed, epoch) only."""
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.state.epoch)
+        batches = make_batches(self.train_data, self.cfg.batch_size, generator, self.cfg.bucket, self.items)
+        return batches[: self.steps_per_epoch * self.world][self.rank :: self.world]
+
+    def _step(self, batch, lr: float) -> tuple[float, float, int]:
+        """One optimizer step on `batch` at learning rate `lr`: the batch's loss and accuracy per target unit, and
+        its number of target units."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        src, lengths, tgt_in, tgt_out = collate(self.train_data, batch, self.device)
+        with self.autocast:
+            logits, loss = self.trained_model(src, lengths, tgt_in, tgt_out, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
+        self.optimizer.step()
+        mask = tgt_out != PAD_ID
+        return float(loss.detach()), masked_accuracy(logits.detach(), tgt_out, mask), int(mask.sum())
+
+    def _out_of_time(self) -> bool:
+        """Whether the time budget is spent; updates `time_used`, which the learning rate follows."""
+        # Under DDP each process has its own clock: all use the slowest one, for the lr and to stop together.
+        used = (time.monotonic() - self.clock) / self.budget if self.budget else 0.0
+        self.time_used = _max_over_ranks(used, self.world, self.device)
+        return bool(self.budget) and self.time_used >= 1.0
+
+    # --- the end of an epoch ----------------------------------------------------------------------------
+
+    def _end_epoch(self, out_of_time: bool) -> str:
+        """Validate, decide, log, keep the best and the last model; why the run stops here ("" to go on)."""
+        decision = None
+        if self.rank == 0:
+            record = self._epoch_record(out_of_time)
+            decision = decide_epoch(self.state, record, self.cfg, out_of_time)
+            decision.apply_to(self.state)
+            if decision.best:
+                self.files.save_best(self.model)
+            record["best"] = decision.best
+            self.state.history.append(record)
+            self.files.write_epoch(self.state.history, minutes=(time.monotonic() - self.clock) / 60)
+            self.notify("epoch", record)
+        if self.world > 1:  # only rank 0 validates: all processes must apply its lr factor and stop with it
+            decision = self._decision_of_rank0(decision)
+        self._next_epoch(decision.stop)
+        if self.rank == 0:
+            self._save_checkpoint()
+        return decision.stop
+
+    def _epoch_record(self, out_of_time: bool) -> dict:
+        """The epoch's line of log.jsonl, validation included (rank 0 only)."""
+        state = self.state
+        record = {"epoch": state.epoch + 1, "steps": state.global_step,
                   "train_loss": state.epoch_loss_sum / max(state.epoch_tokens, 1),
                   "train_accuracy": state.epoch_correct / max(state.epoch_tokens, 1),
                   "lr": self.optimizer.param_groups[0]["lr"], "partial": out_of_time}
-        stop, stopped = False, ""
-        if self.rank == 0:
-            record.update(_validate(Translator(self.model, self.info, self.device), self.valid_data,
-                                    self.eval_pairs, self.eval_refs, cfg, self.notify))
-            record["seconds"] = round(time.monotonic() - self.clock, 1)
-            chrf = record.get("val_chrf")  # without a validation set, the last epoch is the best
-            if chrf is None or chrf > state.best_chrf:
-                state.best_chrf, state.best_epoch, state.stale_epochs = (chrf if chrf is not None else -1.0), epoch, 0
-                self._write_output()
-                ckpt.save_model(self.out_dir, self.model, self.info)
-            else:
-                state.stale_epochs += 1
-                if cfg.lr_schedule == "plateau":
-                    state.plateau_factor *= 0.5
-            record["best"] = state.best_epoch == epoch
-            state.history.append(record)
-            self._write_output()
-            _write_log(self.out_dir, state.history)
-            card = ckpt.model_card(self.info, state.history, hardware=self.hardware, version=_version(),
-                                   minutes=(time.monotonic() - self.clock) / 60)
-            ckpt.atomic_write(self.out_dir / ckpt.CARD_FILE, card.encode("utf-8"))
-            self.notify("epoch", record)
-            if cfg.patience and state.stale_epochs >= cfg.patience:
-                stop, stopped = True, "early stopping"
-        if self.world > 1:  # only rank 0 validates: all processes must apply its lr factor and stop with it
-            shared = [{k: getattr(state, k) for k in _DECIDED_BY_RANK0}, stop, stopped]
-            dist.broadcast_object_list(shared, src=0, device=self.device if self.device.type == "cuda" else None)
-            for key, value in shared[0].items():
-                setattr(state, key, value)
-            stop, stopped = shared[1], shared[2]
-        state.epoch, state.step_in_epoch = epoch, 0
-        state.epoch_loss_sum, state.epoch_correct, state.epoch_tokens = 0.0, 0.0, 0
-        if out_of_time:
-            stop, stopped = True, "time budget"
-        if stop or (cfg.epochs and epoch >= cfg.epochs):  # recorded, so that --resume does not train on
-            state.finished = stopped or "epochs"
-        if self.rank == 0:
-            self._save_checkpoint()
-        return stop, stopped
+        record.update(_validate(Translator(self.model, self.info, self.device), self.valid_data,
+                                self.eval_pairs, self.eval_refs, self.cfg, self.notify))
+        record["seconds"] = round(time.monotonic() - self.clock, 1)
+        return record
 
-    # --- the model directory ----------------------------------------------------------------------------
+    def _decision_of_rank0(self, decision: EpochDecision | None) -> EpochDecision:
+        """Rank 0's decision and history, applied on every process."""
+        shared = [decision, self.state.history]
+        dist.broadcast_object_list(shared, src=0, device=self.device if self.device.type == "cuda" else None)
+        decision, self.state.history = shared
+        decision.apply_to(self.state)
+        return decision
+
+    def _next_epoch(self, stop: str) -> None:
+        """Move the state to the start of the next epoch, or mark the run finished."""
+        state = self.state
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        state.epoch_loss_sum, state.epoch_correct, state.epoch_tokens = 0.0, 0.0, 0
+        if stop or (self.cfg.epochs and state.epoch >= self.cfg.epochs):  # recorded: --resume does not train on
+            state.finished = stop or "epochs"
 
     def _save_checkpoint(self) -> None:
-        self._write_output()
         self.state.elapsed = time.monotonic() - self.clock
-        ckpt.save_train_state(self.out_dir, self.model, self.optimizer, self.state, self.device)
+        self.files.save_checkpoint(self.model, self.optimizer, self.state, self.device)
         self.last_checkpoint = time.monotonic()
 
-    def _write_output(self) -> None:
-        """Create the model directory with config.json and split.json, once, at the first checkpoint."""
+
+# --- checkpointing: the model directory -------------------------------------------------------------------
+
+
+class _ModelDirectory:
+    """What a run writes into its output directory (rank 0 only): config.json and split.json once, at the first
+    write, then the checkpoint, the best weights, the log and the model card."""
+
+    def __init__(self, out_dir: Path, info: ckpt.ModelInfo, split: dict, hardware: str, written: bool):
+        self.out_dir, self.info, self.split, self.hardware = out_dir, info, split, hardware
+        self.written = written  # whether out_dir holds this run's files yet (it does when resuming)
+
+    def save_checkpoint(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
+                        device: torch.device) -> None:
+        self._create()
+        ckpt.save_train_state(self.out_dir, model, optimizer, state, device)
+
+    def save_best(self, model: torch.nn.Module) -> None:
+        """model.safetensors: the weights of the best epoch so far."""
+        self._create()
+        ckpt.save_model(self.out_dir, model, self.info)
+
+    def write_epoch(self, history: list[dict], minutes: float) -> None:
+        """log.jsonl and the model card, rewritten after every epoch."""
+        self._create()
+        _write_log(self.out_dir, history)
+        card = ckpt.model_card(self.info, history, hardware=self.hardware, version=_version(), minutes=minutes)
+        ckpt.atomic_write(self.out_dir / ckpt.CARD_FILE, card.encode("utf-8"))
+
+    def _create(self) -> None:
+        """Create the model directory with config.json and split.json, once, at the first write."""
         if self.written:
             return
         try:
@@ -490,7 +565,46 @@ class _Run:
         self.written = True
 
 
-_DECIDED_BY_RANK0 = ("best_chrf", "best_epoch", "stale_epochs", "plateau_factor", "history")
+# --- the end-of-epoch decision ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpochDecision:
+    """What the end of an epoch decides. Rank 0 takes it from its validation; the other processes follow."""
+
+    best: bool  # this epoch's model is the best so far (it becomes model.safetensors)
+    best_chrf: float
+    best_epoch: int
+    stale_epochs: int  # epochs since the best one
+    plateau_factor: float  # learning-rate factor of the "plateau" schedule
+    stop: str  # why the run ends after this epoch ("early stopping", "time budget"); "" to go on
+
+    def apply_to(self, state: TrainState) -> None:
+        state.best_chrf, state.best_epoch = self.best_chrf, self.best_epoch
+        state.stale_epochs, state.plateau_factor = self.stale_epochs, self.plateau_factor
+
+
+def decide_epoch(state: TrainState, record: dict, cfg: TrainConfig, out_of_time: bool) -> EpochDecision:
+    """Given the run's state before the epoch ended and the epoch's record (its "val_chrf" absent without a
+    validation set), whether the epoch is the best, the learning-rate factor, and whether to stop."""
+    epoch, chrf = record["epoch"], record.get("val_chrf")
+    best = chrf is None or chrf > state.best_chrf  # without a validation set, the last epoch is the best
+    if best:
+        best_chrf, best_epoch, stale = (chrf if chrf is not None else -1.0), epoch, 0
+    else:
+        best_chrf, best_epoch, stale = state.best_chrf, state.best_epoch, state.stale_epochs + 1
+    plateau_factor = state.plateau_factor
+    if not best and cfg.lr_schedule == "plateau":
+        plateau_factor *= 0.5
+    stop = ""
+    if cfg.patience and stale >= cfg.patience:
+        stop = "early stopping"
+    if out_of_time:  # the same on every process: the slowest one's clock
+        stop = "time budget"
+    return EpochDecision(best, best_chrf, best_epoch, stale, plateau_factor, stop)
+
+
+# --- validation and files ---------------------------------------------------------------------------------
 
 
 def _validate(translator: Translator, valid_data: EncodedPairs, eval_pairs: list[Pair], eval_refs: list[list[str]],
