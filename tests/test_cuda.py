@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from charmt import checkpoint as ckpt
-from charmt.config import updated
+from charmt.config import ModelConfig, updated
 from charmt.decode import Translator
+from charmt.families.transformer import Transformer
 from charmt.training import _native_bf16, train
 
 from conftest import DEMO, TINY_MODEL, TINY_SELECTION, TINY_TRAIN, write_pairs
@@ -126,3 +127,66 @@ def test_the_server_translates_on_cuda(cuda_model_dir):
     assert health["models"][0]["device"].startswith("cuda")
     assert answer.status_code == 200
     assert answer.json()["translatedText"] == translator.translate(SENTENCES)
+
+
+# --- the Transformer family -------------------------------------------------------------------------------
+
+TRANSFORMER = ModelConfig(arch="transformer", hidden_size=32, num_layers=2, heads=4, ff_size=64)
+
+
+def _units(units: str):
+    return updated(TINY_SELECTION, units=units, vocab_size=200)
+
+
+@pytest.fixture(scope="module")
+def cuda_transformer_dir(tmp_path_factory, tiny_pair_file):
+    """A tiny subword Transformer trained on CUDA in fp32 (12 epochs: enough for outputs worth comparing)."""
+    root = tmp_path_factory.mktemp("cuda-transformer")
+    train(tiny_pair_file, root / "m", model_config=TRANSFORMER,
+          train_config=updated(TINY_TRAIN, device="cuda", epochs=12), selection=_units("subword"),
+          preset="transformer")
+    return root / "m"
+
+
+@pytest.mark.parametrize("units", ["char", "subword"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_transformer_trains_on_cuda(tiny_pair_file, tmp_path, precision, units):
+    if precision == "bf16" and not _native_bf16(torch.device("cuda")):
+        pytest.skip(f"{torch.cuda.get_device_name()} has no native bf16")
+    events = []
+    train(tiny_pair_file, tmp_path / "m", model_config=TRANSFORMER,
+          train_config=updated(TINY_TRAIN, device="cuda", epochs=2, precision=precision), selection=_units(units),
+          preset="transformer", callback=lambda event, info: events.append((event, info)))
+    start = next(info for event, info in events if event == "start")
+    assert start["device"].startswith("cuda") and start["precision"] == precision
+    log = [json.loads(line) for line in (tmp_path / "m" / ckpt.LOG_FILE).read_text().splitlines()]
+    assert log[1]["train_loss"] < log[0]["train_loss"]
+    tensors = ckpt.load_tensors(tmp_path / "m" / ckpt.WEIGHTS_FILE)
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors.values())
+    model, _ = ckpt.load_model(tmp_path / "m", "cpu")
+    assert isinstance(model, Transformer) and model.decoder.output.weight is model.decoder.embedding.weight
+
+
+def test_transformer_decoding_on_cuda_agrees_with_the_cpu(cuda_transformer_dir):
+    on_gpu = Translator.load(cuda_transformer_dir, device="cuda")
+    on_cpu = Translator.load(cuda_transformer_dir, device="cpu")
+    assert next(on_gpu.model.parameters()).is_cuda
+    for beam in (1, 5):
+        gpu, cpu = on_gpu.translate(SENTENCES, beam=beam), on_cpu.translate(SENTENCES, beam=beam)
+        same = sum(a == b for a, b in zip(gpu, cpu))
+        assert same >= 0.9 * len(SENTENCES), list(zip(gpu, cpu))
+    src = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    lengths = torch.tensor([4, 3])
+    tgt = torch.tensor([[2, 5, 6, 7], [2, 8, 9, 10]])
+    with torch.inference_mode():
+        logits_gpu, _ = on_gpu.model(src.cuda(), lengths.cuda(), tgt.cuda())
+        logits_cpu, _ = on_cpu.model(src, lengths, tgt)
+    assert torch.allclose(logits_gpu.cpu(), logits_cpu, atol=1e-2)
+
+
+def test_a_transformer_trained_on_cuda_translates_on_a_cpu_only_machine(cuda_transformer_dir, monkeypatch):
+    expected = Translator.load(cuda_transformer_dir, device="cpu").translate(SENTENCES)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
+    translator = Translator.load(cuda_transformer_dir)  # device "auto"
+    assert str(translator.device) == "cpu"
+    assert translator.translate(SENTENCES) == expected

@@ -151,7 +151,8 @@ async def attention(body: AttentionRequest, request: Request) -> AttentionRespon
     loop = asyncio.get_running_loop()
     source, output, weights = await loop.run_in_executor(server.executor, attention_weights, model.translator,
                                                          body.text)
-    source = [ch if not 0xD800 <= ord(ch) <= 0xDFFF else "\ufffd" for ch in source]  # lone surrogates: no UTF-8
+    # Lone surrogates have no UTF-8; a source unit is a character, or a subword piece of several.
+    source = ["".join(ch if not 0xD800 <= ord(ch) <= 0xDFFF else "\ufffd" for ch in unit) for unit in source]
     return AttentionResponse(source=source, output=output, weights=[[round(w, 4) for w in row] for row in weights],
                              translation="".join(output),
                              warnings=model.translator.input_warnings([body.text], split=False))

@@ -639,7 +639,10 @@ def _dump_rank(directory: Path, rank: int, model: torch.nn.Module, optimizer: to
                state: TrainState) -> None:
     """Debug hook, set CHARMT_DEBUG_RANK_DUMP=DIR: each process writes DIR/rank{r}.txt with the sha256 of its
     final weights, its learning rate and step, so tests can check that DDP kept the processes' copies identical."""
-    weights = save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    # One name per tied weight (a Transformer's target embedding is its output layer), as the checkpoint stores it:
+    # safetensors refuses tensors that share memory.
+    tensors = ckpt._one_name_each(model.state_dict())
+    weights = save_safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"rank{rank}.txt").write_text(f"{hashlib.sha256(weights).hexdigest()} "
                                                f"lr={optimizer.param_groups[0]['lr']!r} step={state.global_step}\n")
