@@ -28,7 +28,7 @@ from charmt.vocab import Vocab
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
-        synchronize(device)
+        torch.cuda.synchronize(device)
 
 
 def train_steps(model, optimizer, cfg, data, batches, precision, device) -> float:
