@@ -31,14 +31,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charmt.api_keys import ApiKeys, KeyLimits
 from charmt.checkpoint import ModelInfo
 from charmt.cli import main
-from charmt.config import ModelConfig
+from charmt.config import MAX_BEAM, ModelConfig
 from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError, ModelFormatError
 from charmt.model import Seq2Seq
-from charmt.serve import MAX_BEAM, ServedModel, bind, create_app, exposure_warning, find_models, url_of
+from charmt.server import Limits, ServedModel, bind, create_app, exposure_warning, find_models, load_models, url_of
+from charmt.server.keys import ApiKeys, KeyLimits
 from charmt.training import train
 from charmt.vocab import Vocab
 
@@ -203,7 +203,8 @@ def de(pair_models) -> Translator:
 @pytest.fixture(scope="module")
 def client(fr, de):
     """Two models, en->fr and en->de, with small limits."""
-    with TestClient(create_app([served(fr, "en", "fr"), served(de, "en", "de")], max_texts=10, max_chars=60)) as c:
+    with TestClient(create_app([served(fr, "en", "fr"), served(de, "en", "de")],
+                               limits=Limits(max_texts=10, max_chars=60))) as c:
         yield c
 
 
@@ -247,10 +248,14 @@ def test_model_sets_that_are_refused_at_start(pair_models, tiny_model_dir, tmp_p
 
 
 def test_create_app_checks_its_options(fr, de):
-    with pytest.raises(ConfigError, match="--max-texts and --max-chars must be at least 1"):
-        create_app([served(fr, "en", "fr")], max_texts=0)
+    with pytest.raises(ConfigError, match="--max-texts must be at least 1, got 0"):
+        Limits(max_texts=0)
+    with pytest.raises(ConfigError, match="--max-queue must be at least 1, got -1"):
+        Limits(max_queue=-1)
+    with pytest.raises(ConfigError, match="--timeout must be more than 0 seconds, got 0"):
+        Limits(timeout_s=0)
     with pytest.raises(ConfigError, match=f"--beam must be between 1 and {MAX_BEAM}, got 0"):
-        create_app([served(fr, "en", "fr")], beam=0)
+        Limits(beam=0)
     with pytest.raises(ConfigError, match="two models translate the same language pair"):
         create_app([served(fr, "en", "fr"), served(de, "en", "fr")])
 
@@ -305,12 +310,13 @@ PAIR = {"source": "en", "target": "fr"}
 
 @pytest.mark.parametrize("body, status, message", [
     ({"texts": ["Hi."]}, 400, "name the language pair with source and target; this server serves en->fr, en->de"),
-    ({"texts": ["Hi."], "source": "en", "target": "es"}, 400, "no model here translates en to es; this server serves"),
+    ({"texts": ["Hi."], "source": "en", "target": "es"}, 400, "es is not supported; this server serves en->fr, en->de"),
     ({"texts": ["Hi."] * 11, **PAIR}, 413, "11 texts in one request; this server accepts at most 10 (--max-texts)"),
     ({"texts": ["Hi.", "x" * 61], **PAIR}, 413, "text 1 has 61 characters; this server accepts at most 60 per text"),
-    ({"texts": ["Hi."], "beam": 0, **PAIR}, 422, "beam: Input should be greater than or equal to 1"),
-    ({"texts": ["Hi."], "beam": MAX_BEAM + 1, **PAIR}, 422, f"beam: Input should be less than or equal to {MAX_BEAM}"),
-    ({"texts": ["Hi."], "beam": 2, "n_best": 3, **PAIR}, 422, "n_best (3) cannot exceed beam (2): raise beam"),
+    ({"texts": ["Hi."], "beam": 0, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got 0"),
+    ({"texts": ["Hi."], "beam": MAX_BEAM + 1, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got {MAX_BEAM + 1}"),
+    ({"texts": ["Hi."], "beam": 2, "n_best": 3, **PAIR}, 422, "n_best (3) must be between 1 and beam (2): raise beam"),
+    ({"texts": ["Hi."], "beam": 2, "n_best": 0, **PAIR}, 422, "n_best (0) must be between 1 and beam (2)"),
     ({"texts": "Hi.", **PAIR}, 422, "texts: Input should be a valid list"),
     ({"texts": ["Hi.", 3], **PAIR}, 422, "texts.1: Input should be a valid string"),
     ({"text": ["Hi."]}, 422, "texts: Field required; text: Extra inputs are not permitted"),
@@ -350,8 +356,6 @@ def test_library_errors_become_400_with_their_message(fr):
 
 
 def test_health_reports_each_model_with_its_memory_and_load_time(client, pair_models):
-    from charmt.serve import load_models
-
     body = client.get("/health").json()
     assert {k: body[k] for k in ("status", "max_texts", "max_chars", "max_beam", "beam", "api_keys")} == {
         "status": "ok", "max_texts": 10, "max_chars": 60, "max_beam": MAX_BEAM, "beam": 1, "api_keys": False}
@@ -431,7 +435,7 @@ def test_attention_endpoint(client, fr, de, target):
     ({"text": " ", **PAIR}, 422, "text is empty"),
     ({"text": "x" * 61, **PAIR}, 413, "text has 61 characters; this server accepts at most 60"),
     ({"texts": ["Go."]}, 422, "text: Field required"),
-    ({"text": "Go.", "source": "fr", "target": "en"}, 400, "no model here translates fr to en"),
+    ({"text": "Go.", "source": "fr", "target": "en"}, 400, "fr is not supported; this server serves en->fr, en->de"),
 ])
 def test_attention_endpoint_errors(client, body, status, message):
     response = client.post("/api/attention", json=body)
@@ -521,28 +525,29 @@ def test_leaving_loopback_without_keys_is_warned_about(host, keys, warned):
 # --- batching ---------------------------------------------------------------------------------------------
 
 
-def test_batcher_groups_by_beam_and_keeps_each_requests_results(fr):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from charmt.serve import _Batcher
+def test_admission_groups_by_beam_and_keeps_each_requests_results(fr):
+    from charmt.server.admission import Admission
 
     counting = CountingTranslator(fr)
+    model = served(counting, "en", "fr")
     jobs = [(["Go.", "Hi."], 1, 1), (["I am cold."], 2, 2), ([], 1, 1), (["Who won?"], 1, 1),
             (["Thank you!", "Go."], 2, 1)]
 
     async def run():
-        batcher = _Batcher(counting, ThreadPoolExecutor(1))
+        admission = Admission([model], Limits(), batch_wait_s=0.2)  # long enough for all five to arrive
         try:
-            return await asyncio.gather(*(batcher.translate(texts, beam, n) for texts, beam, n in jobs))
+            return await asyncio.gather(*(admission.translate(model, texts, beam=beam, n_best=n,
+                                                              deadline=admission.deadline())
+                                          for texts, beam, n in jobs))
         finally:
-            await batcher.close()
+            admission.stop()
 
     def plain(results):  # greedy scores are NaN, which equals nothing; batch-mates change the last digits
         return [[(h.text, None if math.isnan(h.score) else round(h.score, 4)) for h in hyps] for hyps in results]
 
     results = asyncio.run(run())
-    assert [plain(r) for r in results] == [plain(fr.translate_n_best(texts, beam=beam, n_best=n))
-                                           for texts, beam, n in jobs]
+    assert [plain(r) for r, _ in results] == [plain(fr.translate_n_best(texts, beam=beam, n_best=n))
+                                              for texts, beam, n in jobs]
     assert counting.calls == [(["Go.", "Hi.", "Who won?"], 1, 1), (["I am cold.", "Thank you!", "Go."], 2, 2)]
 
 
@@ -557,7 +562,7 @@ def test_concurrent_requests_are_batched_on_a_real_server(fr, demo_lines):
     def hold_the_first_call(batch: list[str]) -> None:
         # Keep the model busy until every other request waits, so the test does not depend on timing.
         deadline = time.monotonic() + 20
-        while not counting.calls and len(batch) + model.batcher.queued_texts() < n:
+        while not counting.calls and app.state.server.admission.queued() < n:
             assert time.monotonic() < deadline, "the requests did not all arrive"
             time.sleep(0.005)
 
@@ -667,7 +672,7 @@ else:
     # Built at import time (schemathesis reads the schema then), so from untrained models: two pairs, both APIs.
     api_schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(
         [served(untrained_translator(), "en", "fr"), served(untrained_translator(), "en", "de")],
-        max_texts=8, max_chars=60))
+        limits=Limits(max_texts=8, max_chars=60)))
 
     @api_schema.parametrize()
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
