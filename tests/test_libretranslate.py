@@ -1,5 +1,5 @@
-"""LibreTranslate's API (charmt/server/libretranslate.py) as LibreTranslate's own server answers it: fields as JSON, as a
-form and in the query string; errors in its words and statuses; plain text and html; `source: auto`; alternatives;
+"""LibreTranslate's API (charmt/server/libretranslate.py) as LibreTranslate's own server answers it: fields as JSON,
+as a form and in the query string; errors in its words and statuses; plain text and html; `source: auto`; alternatives;
 disabled features; fuzzed form and query bodies. Then real clients against a live `charmt serve m-fr m-de`:
 libretranslatepy (form-encoded POST), deep-translator's LibreTranslator (query string) and a request shaped like
 Mastodon's (JSON, html, source auto, a list of texts).

@@ -314,7 +314,7 @@ PAIR = {"source": "en", "target": "fr"}
     ({"texts": ["Hi."] * 11, **PAIR}, 413, "11 texts in one request; this server accepts at most 10 (--max-texts)"),
     ({"texts": ["Hi.", "x" * 61], **PAIR}, 413, "text 1 has 61 characters; this server accepts at most 60 per text"),
     ({"texts": ["Hi."], "beam": 0, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got 0"),
-    ({"texts": ["Hi."], "beam": MAX_BEAM + 1, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got {MAX_BEAM + 1}"),
+    ({"texts": ["Hi."], "beam": MAX_BEAM + 1, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got 11"),
     ({"texts": ["Hi."], "beam": 2, "n_best": 3, **PAIR}, 422, "n_best (3) must be between 1 and beam (2): raise beam"),
     ({"texts": ["Hi."], "beam": 2, "n_best": 0, **PAIR}, 422, "n_best (0) must be between 1 and beam (2)"),
     ({"texts": "Hi.", **PAIR}, 422, "texts: Input should be a valid list"),

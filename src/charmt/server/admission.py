@@ -4,9 +4,9 @@ A request's work for a model is a job in that model's lane. One model worker, a 
 turns between the lanes that have work (round robin), so one pair's flood never starves another; each turn does
 one bounded piece of work:
 
-- a job's preparation (its texts split into sentences, counted against --max-pieces, its warnings), then
-- one model call of at most CHUNK_WORK sentences x beam, gathered from the jobs at the front of the lane with the
-  same beam (concurrent requests share a call; a long request takes several turns), or
+- one model call of at most CHUNK_WORK sentences x beam, gathered from the lane's jobs with the first one's beam
+  (concurrent requests share a call; a long request takes several turns), each job prepared first (its texts split
+  into sentences and counted against --max-pieces, PREPARE_CHARS a turn; its warnings), or
 - one call of a function (an html text's segments, attention weights).
 
 Everything that reads a request's text beyond its length happens here, in the worker, never on the event loop.
@@ -40,7 +40,7 @@ log = logging.getLogger("charmt")
 
 BATCH_WAIT_S = 0.005  # how long an idle worker waits for concurrent requests to join the first one
 CHUNK_WORK = 128  # sentences x beam per model call: how long one turn may hold the worker
-PREPARE_CHARS = 65_536  # characters of further requests prepared in one turn to share its model call
+PREPARE_CHARS = 16_384  # characters split into sentences and counted in one turn (at least one text)
 
 
 @dataclass(eq=False)
@@ -63,7 +63,8 @@ class _Translation(_Job):
     beam: int = 1
     n_best: int = 1
     want_warnings: bool = False
-    sentences: list[int] | None = None  # per text, once prepared
+    sentences: list[int] = field(default_factory=list)  # per text, as far as prepared
+    pieces: int = 0  # their sum
     warnings: list[str] = field(default_factory=list)
     results: list = field(default_factory=list)
     next: int = 0  # the first text not yet given to the model
@@ -217,15 +218,22 @@ class Admission:
         if chunk:
             self._run(chunk)
 
-    def _prepare(self, job: _Translation) -> None:
-        """Split and count the job's texts (the model splits them the same way), and note its warnings."""
+    def _prepare(self, job: _Translation, budget: int) -> int:
+        """Split and count the job's next texts, about `budget` characters of them (the model splits them the same
+        way), refusing it as soon as it holds too many pieces; then note its warnings. Returns the characters."""
         translator = job.model.translator
         split = not translator.keras_compat  # such a model translates each text whole
-        lang = translator.info.source_lang
-        job.sentences = [len(split_sentences(t, lang)) if split else int(bool(t.strip())) for t in job.texts]
-        self.limits.check_pieces(sum(job.sentences))
-        if job.want_warnings:
+        used = 0
+        while len(job.sentences) < len(job.texts) and (used < budget or not used):
+            text = job.texts[len(job.sentences)]
+            job.sentences.append(len(split_sentences(text, translator.info.source_lang)) if split
+                                 else int(bool(text.strip())))
+            job.pieces += job.sentences[-1]
+            used += len(text) + 1
+            self.limits.check_pieces(job.pieces)
+        if len(job.sentences) == len(job.texts) and job.want_warnings:
             job.warnings = translator.input_warnings(job.texts)
+        return used
 
     def _gather(self, jobs: list[_Job]) -> list[tuple[_Translation, int, int]]:
         """(job, first text, end) slices for one model call: the lane's jobs in order that share the first one's
@@ -235,15 +243,16 @@ class Admission:
         for job in jobs:
             if not isinstance(job, _Translation) or job.done or (chunk and job.beam != chunk[0][0].beam):
                 continue  # another beam or a function: the head of a later turn
-            if job.sentences is None:
-                if chunk and prepared >= PREPARE_CHARS:
+            if len(job.sentences) < len(job.texts):
+                if prepared >= PREPARE_CHARS:
                     break
-                prepared += sum(len(t) for t in job.texts)
                 try:
-                    self._prepare(job)
+                    prepared += self._prepare(job, PREPARE_CHARS - prepared)
                 except Exception as err:  # noqa: BLE001 (answered to its own request)
                     self._finish(job, self._failure(job.model, err), ok=False)
                     continue
+                if len(job.sentences) < len(job.texts):  # this turn's preparation is spent
+                    break
             start = job.next
             while job.next < len(job.texts):
                 cost = max(1, job.sentences[job.next]) * job.beam

@@ -17,6 +17,7 @@ translates line by line and keeps the line breaks; `format: html` keeps entities
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 
@@ -122,8 +123,10 @@ async def translate(request: Request) -> Translation:
         raise Refusal(400, f"{shown(text_format)} format is not supported")
     is_html = text_format == "html"
     deadline = server.admission.deadline()
-    # Reading html is the model worker's work, as is everything that reads a text beyond its length.
-    pieces = await server.admission.call(lane, lambda: [segments(text, is_html) for text in texts], deadline=deadline)
+    # Reading a text's markup is the model worker's work, a text a turn, as is everything that reads a text beyond
+    # its length.
+    pieces = [await server.admission.call(lane, functools.partial(segments, text, is_html), deadline=deadline)
+              for text in texts]
     detected = None
     if source == "auto":
         detected = detect_language(candidates, [p for text in pieces for p, keep in text if not keep])[0]
