@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import signal
 import subprocess
@@ -147,12 +148,15 @@ def running_server(app):
 
 
 @contextmanager
-def serve_process(models: list, *options: str, log_path: Path):
-    """`charmt serve MODEL... --port 0` in a subprocess; yields (URL, process) once it listens."""
-    command = [sys.executable, "-m", "charmt", "-q", "serve", *map(str, models), "--port", "0", "--device", "cpu",
-               *options]
+def serve_process(models: list, *options: str, log_path: Path, quiet: bool = True):
+    """`charmt [-q] serve MODEL... --port 0` in a subprocess; yields (URL, process) once it listens."""
+    command = [sys.executable, "-m", "charmt", *(["-q"] if quiet else []), "serve", *map(str, models), "--port", "0",
+               "--device", "cpu", *options]
+    # This checkout's charmt, whatever the virtual environment has installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         deadline = time.monotonic() + 90
         while not (found := re.search(r" on (http://\S+) ", log_path.read_text(errors="replace"))):

@@ -517,7 +517,7 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pieces", type=int, default=DEFAULT_MAX_PIECES,
                    help=f"lines and sentences per request, what the model translates (default: {DEFAULT_MAX_PIECES})")
     g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"requests waiting or being translated, all models together; more are answered 503 "
+                   help=f"requests waiting or being translated, per model; more are answered 503 "
                         f"(default: {DEFAULT_MAX_QUEUE})")
     g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help=f"seconds a request may wait and be translated; later it is answered 504 (default: "

@@ -10,7 +10,8 @@ one bounded piece of work:
 - one call of a function (an html text's segments, attention weights).
 
 Everything that reads a request's text beyond its length happens here, in the worker, never on the event loop.
-At most --max-queue jobs wait or run (more: 503 with Retry-After); a job has a deadline (--timeout; later: 504, and
+At most --max-queue jobs wait or run per model (more: 503 with Retry-After, and a flood for one pair never takes
+the places of another's); a job has a deadline (--timeout; later: 504, and
 its remaining work is dropped). When a shared model call raises, each of its requests is tried again alone, so a
 failing text fails only its own request; an error that is not charmt's own is logged here and answered as
 "translation failed" with the model's name. The worker is a daemon thread that checks a stop flag between turns:
@@ -111,9 +112,9 @@ class Admission:
         loop = asyncio.get_running_loop()
         job.loop, job.future, job.deadline = loop, loop.create_future(), deadline
         with self._cond:
-            if self._count >= self.limits.max_queue:
-                raise Refusal(503, f"the server is busy: {self._count} requests are waiting for the models "
-                                   f"(--max-queue {self.limits.max_queue}); try again shortly",
+            if len(self._lanes[job.model.pair]) >= self.limits.max_queue:
+                raise Refusal(503, f"the server is busy: {self.limits.max_queue} requests are waiting for model "
+                                   f"{job.model.name} (--max-queue); try again shortly",
                               headers={"Retry-After": str(RETRY_AFTER_S)})
             if self._stop is None:
                 self._stop = threading.Event()

@@ -90,7 +90,8 @@ class Health(BaseModel):
     max_texts: int = Field(description="texts per request (--max-texts)")
     max_chars: int = Field(description="characters per text (--max-chars)")
     max_pieces: int = Field(description="lines and sentences per request, once split (--max-pieces)")
-    max_queue: int = Field(description="requests waiting or running before more are answered 503 (--max-queue)")
+    max_queue: int = Field(description="requests waiting or running per model before more are answered 503 "
+                                       "(--max-queue)")
     timeout_s: float = Field(description="seconds a request may take before it is answered 504 (--timeout)")
     max_beam: int
     beam: int = Field(description="the beam size of LibreTranslate's /translate")

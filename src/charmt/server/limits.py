@@ -1,7 +1,7 @@
 """The server's limits, each checked in one place; both APIs word the refusals their own way.
 
     --max-texts   texts per request                  --max-pieces  model inputs per request (lines, sentences)
-    --max-chars   characters per text                --max-queue   requests waiting for the models
+    --max-chars   characters per text                --max-queue   requests waiting per model
     --beam        LibreTranslate's beam size         --timeout     seconds a request may take in all
 """
 
