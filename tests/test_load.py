@@ -2,8 +2,9 @@
 concurrent clients (two waves of 200 x 2 requests), spread over both models and both APIs (LibreTranslate's
 /translate as JSON and as a form, charmt's /api/translate), with no error, every answer equal to the Translator's
 own translation, and a server RSS that stays put. During the second wave a key over its rate limit gets 429 for
-all but its first request, and the other clients still get every answer. Then it refuses more than --max-texts
-and stops cleanly on Ctrl+C.
+all but its first request, and the other clients still get every answer; no two inputs have the same translation,
+so an answer handed to the wrong client shows. The second wave may add at most RSS_PER_REQUEST_KB per request to
+the server's memory. Then it refuses more than --max-texts and stops cleanly on Ctrl+C.
 
 Latency percentiles are printed (see them with `pytest -s tests/test_load.py`); nothing is asserted on time.
 """
@@ -11,6 +12,7 @@ Latency percentiles are printed (see them with `pytest -s tests/test_load.py`); 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import statistics
@@ -28,7 +30,7 @@ CLIENTS = 200
 REQUESTS_PER_CLIENT = 2
 POOLS = 20  # connection pools the clients share, 10 connections each
 WAVE_TIMEOUT_S = 120
-RSS_GROWTH_LIMIT_MB = 50
+RSS_PER_REQUEST_KB = 100  # what the second wave may add to the server's memory, per request
 OVER_LIMIT_REQUESTS = 40  # sent with the key allowed one request a minute
 pair_models = test_serve.pair_models  # the fixture: m-fr and m-de, trained once a session
 
@@ -105,9 +107,13 @@ def percentiles(latencies: list[float]) -> str:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc (Linux)")
 @pytest.mark.slow
 def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_lines, tmp_path):
-    sources = sorted({line.split("\t")[0] for line in demo_lines[:300]})[:60]
-    expected = {target: dict(zip(sources, Translator.load(pair_models[target], device="cpu").translate(sources)))
-                for target in ("fr", "de")}
+    candidates = sorted({line.split("\t")[0] for line in demo_lines[:300]})
+    expected = {target: dict(zip(candidates, Translator.load(pair_models[target], device="cpu").translate(
+        candidates))) for target in ("fr", "de")}
+    # Inputs whose translations all differ, so that an answer handed to the wrong client shows.
+    seen = {target: collections.Counter(outputs.values()) for target, outputs in expected.items()}
+    sources = [s for s in candidates if all(seen[t][expected[t][s]] == 1 for t in expected)][:60]
+    assert len(sources) >= 30
     keys = tmp_path / "keys"
     keys.write_text("load\ntight 1\n", encoding="utf-8")
     log = tmp_path / "serve.log"
@@ -139,4 +145,5 @@ def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_
         proc.send_signal(signal.SIGINT)  # Ctrl+C is the normal way to stop it
         assert proc.wait(30) == 0
     assert log.read_text().rstrip().endswith("Stopped")
-    assert rss[1] - rss[0] < RSS_GROWTH_LIMIT_MB, f"server RSS grew from {rss[0]:.0f} to {rss[1]:.0f} MB"
+    limit = RSS_PER_REQUEST_KB * CLIENTS * REQUESTS_PER_CLIENT / 1024
+    assert rss[1] - rss[0] < limit, f"server RSS grew from {rss[0]:.0f} to {rss[1]:.0f} MB (limit {limit:.0f} MB)"

@@ -251,6 +251,39 @@ def test_model_sets_that_are_refused_at_start(pair_models, tiny_model_dir, tmp_p
     assert message.format(**paths) in str(raised.value)
 
 
+def test_a_directory_of_models_skips_unfinished_ones_and_serves_an_export_or_its_source(pair_models, tmp_path,
+                                                                                      caplog):
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(pair_models["fr"], root / "m-fr")
+    fr_config, de_config = (json.loads((pair_models[lang] / "config.json").read_text()) for lang in ("fr", "de"))
+    folders = {"training": de_config,  # a training run that has not saved its weights yet
+               "m-fr-onnx": {**fr_config, "export": {"engine": "onnx", "from": "m-fr", "int8": True}},
+               "half-onnx": {**de_config, "export": {"engine": "onnx", "from": "m-de"}}}
+    for name, config in folders.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(config))
+    for name in ("encoder.onnx", "decoder_step.onnx"):
+        (root / "m-fr-onnx" / name).write_bytes(b"graph")
+    (root / "half-onnx" / "encoder.onnx").write_bytes(b"graph")
+    with caplog.at_level(logging.WARNING, logger="charmt"):
+        assert find_models([str(root)]) == [(root / "m-fr-onnx", ("en", "fr"))]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping {root / 'half-onnx'}: an incomplete ONNX export (no decoder_step.onnx)",
+        f"skipping {root / 'training'}: config.json but no model.safetensors (a training run that has not saved "
+        "yet?)",
+        f"{root / 'm-fr-onnx'} is an ONNX export of {root / 'm-fr'} (both en->fr): serving {root / 'm-fr-onnx'}; "
+        "name one of them to choose"]
+    # Both named: still one model in two forms (--device cuda serves the source); one named: that one.
+    both = [str(root / "m-fr"), str(root / "m-fr-onnx")]
+    assert find_models(both) == [(root / "m-fr-onnx", ("en", "fr"))]
+    assert find_models(both, prefer_export=False) == [(root / "m-fr", ("en", "fr"))]
+    assert find_models([str(root / "m-fr")]) == [(root / "m-fr", ("en", "fr"))]
+    with pytest.raises(ConfigError, match="both translate en to fr; serve one model per language pair"):
+        find_models([str(root / "m-fr-onnx"), f"{pair_models['de']}=en:fr"])  # two different models
+
+
 def test_create_app_checks_its_options(fr, de):
     with pytest.raises(ConfigError, match="--max-texts must be at least 1, got 0"):
         Limits(max_texts=0)
