@@ -4,9 +4,10 @@ A request's work for a model is a job in that model's lane. One model worker, a 
 turns between the lanes that have work (round robin), so one pair's flood never starves another; each turn does
 one bounded piece of work:
 
-- one model call of at most CHUNK_WORK sentences x beam, gathered from the lane's jobs with the first one's beam
-  (concurrent requests share a call; a long request takes several turns), each job prepared first (its texts split
-  into sentences and counted against --max-pieces, PREPARE_CHARS a turn; its warnings), or
+- one model call of at most CHUNK_WORK sentences x beam (a sentence counted once per UNIT_CHARS), gathered from the
+  lane's jobs with the first one's beam (concurrent requests share a call; a long request takes several turns),
+  each job prepared first (its texts split into sentences and counted against --max-pieces, PREPARE_CHARS a turn;
+  its warnings), or
 - one call of a function (an html text's segments, attention weights).
 
 Everything that reads a request's text beyond its length happens here, in the worker, never on the event loop.
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("charmt")
 
 BATCH_WAIT_S = 0.005  # how long an idle worker waits for concurrent requests to join the first one
-CHUNK_WORK = 128  # sentences x beam per model call: how long one turn may hold the worker
+CHUNK_WORK = 128  # sentences x beam per model call (a long sentence counts once per UNIT_CHARS): one turn's length
+UNIT_CHARS = 100
 PREPARE_CHARS = 16_384  # characters split into sentences and counted in one turn (at least one text)
 
 
@@ -66,6 +68,7 @@ class _Translation(_Job):
     want_warnings: bool = False
     sentences: list[int] = field(default_factory=list)  # per text, as far as prepared
     pieces: int = 0  # their sum
+    costs: list[int] = field(default_factory=list)  # per text at beam 1, in CHUNK_WORK's units
     warnings: list[str] = field(default_factory=list)
     results: list = field(default_factory=list)
     next: int = 0  # the first text not yet given to the model
@@ -230,6 +233,7 @@ class Admission:
             job.sentences.append(len(split_sentences(text, translator.info.source_lang)) if split
                                  else int(bool(text.strip())))
             job.pieces += job.sentences[-1]
+            job.costs.append(max(job.sentences[-1], -(-len(text) // UNIT_CHARS)))
             used += len(text) + 1
             self.limits.check_pieces(job.pieces)
         if len(job.sentences) == len(job.texts) and job.want_warnings:
@@ -256,7 +260,7 @@ class Admission:
                     break
             start = job.next
             while job.next < len(job.texts):
-                cost = max(1, job.sentences[job.next]) * job.beam
+                cost = max(1, job.costs[job.next]) * job.beam
                 if cost > budget and (chunk or job.next > start):
                     break
                 budget -= cost
