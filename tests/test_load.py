@@ -42,13 +42,14 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS line")
 
 
-def client_request(sources: list[str], client: int, request: int) -> tuple[str, str, list[str]]:
+def client_request(sources: dict[str, list[str]], client: int, request: int) -> tuple[str, str, list[str]]:
     """(API, target, texts) of one request: each client keeps to one API and one pair; one to three texts,
     different for each client and request (LibreTranslate's form carries one)."""
     api = ["libretranslate-json", "libretranslate-form", "charmt"][client % 3]
     target = ["fr", "de"][client // 3 % 2]
     count = 1 if api == "libretranslate-form" else 1 + (client + request) % 3
-    return api, target, [sources[(client * 7 + request * 13 + k * 5) % len(sources)] for k in range(count)]
+    texts = sources[target]
+    return api, target, [texts[(client * 7 + request * 13 + k * 5) % len(texts)] for k in range(count)]
 
 
 async def send(http: httpx.AsyncClient, api: str, target: str, texts: list[str], key: str) -> tuple[int, object]:
@@ -67,7 +68,7 @@ async def send(http: httpx.AsyncClient, api: str, target: str, texts: list[str],
     return 200, got if isinstance(got, list) else [got]
 
 
-async def wave(url: str, sources: list[str], over_limit: bool) -> tuple[dict, list, list[int]]:
+async def wave(url: str, sources: dict[str, list[str]], over_limit: bool) -> tuple[dict, list, list[int]]:
     # Several connection pools: one httpx pool of 200 connections costs the client more CPU than the server uses.
     async with contextlib.AsyncExitStack() as stack:
         pools = [await stack.enter_async_context(httpx.AsyncClient(
@@ -110,10 +111,10 @@ def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_
     candidates = sorted({line.split("\t")[0] for line in demo_lines[:300]})
     expected = {target: dict(zip(candidates, Translator.load(pair_models[target], device="cpu").translate(
         candidates))) for target in ("fr", "de")}
-    # Inputs whose translations all differ, so that an answer handed to the wrong client shows.
+    # For each model, inputs whose translations all differ, so that an answer handed to the wrong client shows.
     seen = {target: collections.Counter(outputs.values()) for target, outputs in expected.items()}
-    sources = [s for s in candidates if all(seen[t][expected[t][s]] == 1 for t in expected)][:60]
-    assert len(sources) >= 30
+    sources = {t: [s for s in candidates if seen[t][expected[t][s]] == 1][:60] for t in expected}
+    assert all(len(texts) >= 10 for texts in sources.values())
     keys = tmp_path / "keys"
     keys.write_text("load\ntight 1\n", encoding="utf-8")
     log = tmp_path / "serve.log"
@@ -138,8 +139,8 @@ def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_
                       f"{api} {percentiles(times)}" for api, times in sorted(latencies.items())))
         assert sorted(statuses) == [200] + [429] * (OVER_LIMIT_REQUESTS - 1)  # the key over its limit, wave 2
         too_many = {"source": "en", "target": "de", "api_key": "load"}
-        assert httpx.post(f"{url}/api/translate", json={"texts": sources[:4], **too_many}).status_code == 413
-        refused = httpx.post(f"{url}/translate", json={"q": sources[:4], **too_many})
+        assert httpx.post(f"{url}/api/translate", json={"texts": sources["de"][:4], **too_many}).status_code == 413
+        refused = httpx.post(f"{url}/translate", json={"q": sources["de"][:4], **too_many})
         assert (refused.status_code, refused.json()) == (400, {"error": "Invalid request: request (4) exceeds text "
                                                                         "limit (3)"})
         proc.send_signal(signal.SIGINT)  # Ctrl+C is the normal way to stop it
