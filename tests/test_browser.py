@@ -16,7 +16,7 @@ import test_serve
 from test_serve import running_server, served
 
 from charmt.decode import Translator, attention_weights
-from charmt.serve import create_app
+from charmt.server import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

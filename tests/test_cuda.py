@@ -118,7 +118,7 @@ def test_the_server_translates_on_cuda(cuda_model_dir):
     pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install 'charmt[serve]')")
     from fastapi.testclient import TestClient
 
-    from charmt.serve import ServedModel, create_app
+    from charmt.server import ServedModel, create_app
 
     translator = Translator.load(cuda_model_dir, device="cuda")
     with TestClient(create_app([ServedModel(translator, "m", "en", "fr")])) as client:

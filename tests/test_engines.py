@@ -230,7 +230,7 @@ def test_the_export_command_and_an_export_in_translate_evaluate_and_serve(tiny_m
     assert capsys.readouterr().out == Translator.load(tiny_model_dir).translate([SENTENCES[0]])[0] + "\n"
     assert main(["evaluate", str(out), str(pair_file)]) == 0
     assert "masked character accuracy (teacher forcing): unavailable for an ONNX export" in capsys.readouterr().out
-    from charmt.serve import load_models
+    from charmt.server import load_models
 
     (served,) = load_models([f"{out}=en:fr"])
     assert served.describe()["memory_mb"] > 0 and served.translator.device == "cpu"

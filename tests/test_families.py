@@ -563,7 +563,7 @@ def test_the_server_translates_with_a_transformer_as_the_translator_does(models,
     pytest.importorskip("fastapi", reason="the server needs FastAPI (pip install 'charmt[serve]')")
     from fastapi.testclient import TestClient
 
-    from charmt.serve import create_app, load_models
+    from charmt.server import create_app, load_models
 
     (served,) = load_models([str(models[units])], device="cpu")
     assert (served.source, served.target, served.has_attention) == ("en", "fr", True)

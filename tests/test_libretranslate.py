@@ -1,5 +1,5 @@
-"""LibreTranslate's API (charmt/libretranslate.py) as LibreTranslate's own server answers it: fields as JSON, as a
-form and in the query string; errors in its words and statuses; plain text and html; `source: auto`; alternatives;
+"""LibreTranslate's API (charmt/server/libretranslate.py) as LibreTranslate's own server answers it: fields as JSON,
+as a form and in the query string; errors in its words and statuses; plain text and html; `source: auto`; alternatives;
 disabled features; fuzzed form and query bodies. Then real clients against a live `charmt serve m-fr m-de`:
 libretranslatepy (form-encoded POST), deep-translator's LibreTranslator (query string) and a request shaped like
 Mastodon's (JSON, html, source auto, a list of texts).
@@ -27,8 +27,9 @@ from test_serve import (
 )
 
 from charmt.decode import Translator
-from charmt.libretranslate import MAX_ALTERNATIVES, detect_language, segments
-from charmt.serve import create_app
+from charmt.markup import segments
+from charmt.server import Limits, create_app
+from charmt.server.libretranslate import MAX_ALTERNATIVES, detect_language
 
 from conftest import DEMO
 
@@ -48,7 +49,8 @@ def de(pair_models) -> Translator:
 
 @pytest.fixture(scope="module")
 def client(fr, de):
-    with TestClient(create_app([served(fr, "en", "fr"), served(de, "en", "de")], max_texts=10, max_chars=200)) as c:
+    with TestClient(create_app([served(fr, "en", "fr"), served(de, "en", "de")],
+                               limits=Limits(max_texts=10, max_chars=200))) as c:
         yield c
 
 
@@ -191,14 +193,19 @@ def test_a_body_that_is_not_a_json_object_is_400(client, body):
     assert (response.status_code, response.json()) == (400, {"error": "Invalid JSON format"})
 
 
-def test_a_failed_translation_is_500(fr):
+def test_a_failed_translation_is_500_naming_the_model_not_the_exception(fr, caplog):
     class Failing(CountingTranslator):
         def translate_n_best(self, texts, **options):
-            raise RuntimeError("out of memory")
+            raise RuntimeError("out of memory at 0x7f3a")
 
     with TestClient(create_app([served(Failing(fr), "en", "fr")])) as client:
         response = client.post("/translate", json={"q": "Hi.", **EN_FR})
-    assert (response.status_code, response.json()) == (500, {"error": "Cannot translate text: out of memory"})
+        charmt_api = client.post("/api/translate", json={"texts": ["Hi."]})
+    message = "translation failed (model m-fr); the server's log says why"
+    assert (response.status_code, response.json()) == (500, {"error": f"Cannot translate text: {message}"})
+    assert (charmt_api.status_code, charmt_api.json()) == (500, {"detail": message})
+    logged = [r for r in caplog.records if r.name == "charmt" and r.levelname == "ERROR"]
+    assert len(logged) == 2 and "out of memory at 0x7f3a" in str(logged[0].exc_info[1])  # the server's log has it
 
 
 # --- the other endpoints ----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 concurrent clients (two waves of 200 x 2 requests), spread over both models and both APIs (LibreTranslate's
 /translate as JSON and as a form, charmt's /api/translate), with no error, every answer equal to the Translator's
 own translation, and a server RSS that stays put. During the second wave a key over its rate limit gets 429 for
-all but its first request, and the other clients still get every answer. Then it refuses more than --max-texts
-and stops cleanly on Ctrl+C.
+all but its first request, and the other clients still get every answer; no two inputs have the same translation,
+so an answer handed to the wrong client shows. The second wave may add at most RSS_PER_REQUEST_KB per request to
+the server's memory. Then it refuses more than --max-texts and stops cleanly on Ctrl+C.
 
 Latency percentiles are printed (see them with `pytest -s tests/test_load.py`); nothing is asserted on time.
 """
@@ -11,6 +12,7 @@ Latency percentiles are printed (see them with `pytest -s tests/test_load.py`); 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import signal
 import statistics
@@ -28,7 +30,7 @@ CLIENTS = 200
 REQUESTS_PER_CLIENT = 2
 POOLS = 20  # connection pools the clients share, 10 connections each
 WAVE_TIMEOUT_S = 120
-RSS_GROWTH_LIMIT_MB = 50
+RSS_PER_REQUEST_KB = 100  # what the second wave may add to the server's memory, per request
 OVER_LIMIT_REQUESTS = 40  # sent with the key allowed one request a minute
 pair_models = test_serve.pair_models  # the fixture: m-fr and m-de, trained once a session
 
@@ -40,13 +42,14 @@ def rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS line")
 
 
-def client_request(sources: list[str], client: int, request: int) -> tuple[str, str, list[str]]:
+def client_request(sources: dict[str, list[str]], client: int, request: int) -> tuple[str, str, list[str]]:
     """(API, target, texts) of one request: each client keeps to one API and one pair; one to three texts,
     different for each client and request (LibreTranslate's form carries one)."""
     api = ["libretranslate-json", "libretranslate-form", "charmt"][client % 3]
     target = ["fr", "de"][client // 3 % 2]
     count = 1 if api == "libretranslate-form" else 1 + (client + request) % 3
-    return api, target, [sources[(client * 7 + request * 13 + k * 5) % len(sources)] for k in range(count)]
+    texts = sources[target]
+    return api, target, [texts[(client * 7 + request * 13 + k * 5) % len(texts)] for k in range(count)]
 
 
 async def send(http: httpx.AsyncClient, api: str, target: str, texts: list[str], key: str) -> tuple[int, object]:
@@ -65,7 +68,7 @@ async def send(http: httpx.AsyncClient, api: str, target: str, texts: list[str],
     return 200, got if isinstance(got, list) else [got]
 
 
-async def wave(url: str, sources: list[str], over_limit: bool) -> tuple[dict, list, list[int]]:
+async def wave(url: str, sources: dict[str, list[str]], over_limit: bool) -> tuple[dict, list, list[int]]:
     # Several connection pools: one httpx pool of 200 connections costs the client more CPU than the server uses.
     async with contextlib.AsyncExitStack() as stack:
         pools = [await stack.enter_async_context(httpx.AsyncClient(
@@ -105,9 +108,13 @@ def percentiles(latencies: list[float]) -> str:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's RSS from /proc (Linux)")
 @pytest.mark.slow
 def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_lines, tmp_path):
-    sources = sorted({line.split("\t")[0] for line in demo_lines[:300]})[:60]
-    expected = {target: dict(zip(sources, Translator.load(pair_models[target], device="cpu").translate(sources)))
-                for target in ("fr", "de")}
+    candidates = sorted({line.split("\t")[0] for line in demo_lines[:300]})
+    expected = {target: dict(zip(candidates, Translator.load(pair_models[target], device="cpu").translate(
+        candidates))) for target in ("fr", "de")}
+    # For each model, inputs whose translations all differ, so that an answer handed to the wrong client shows.
+    seen = {target: collections.Counter(outputs.values()) for target, outputs in expected.items()}
+    sources = {t: [s for s in candidates if seen[t][expected[t][s]] == 1][:60] for t in expected}
+    assert all(len(texts) >= 10 for texts in sources.values())
     keys = tmp_path / "keys"
     keys.write_text("load\ntight 1\n", encoding="utf-8")
     log = tmp_path / "serve.log"
@@ -132,11 +139,12 @@ def test_200_concurrent_clients_over_two_models_and_both_apis(pair_models, demo_
                       f"{api} {percentiles(times)}" for api, times in sorted(latencies.items())))
         assert sorted(statuses) == [200] + [429] * (OVER_LIMIT_REQUESTS - 1)  # the key over its limit, wave 2
         too_many = {"source": "en", "target": "de", "api_key": "load"}
-        assert httpx.post(f"{url}/api/translate", json={"texts": sources[:4], **too_many}).status_code == 413
-        refused = httpx.post(f"{url}/translate", json={"q": sources[:4], **too_many})
+        assert httpx.post(f"{url}/api/translate", json={"texts": sources["de"][:4], **too_many}).status_code == 413
+        refused = httpx.post(f"{url}/translate", json={"q": sources["de"][:4], **too_many})
         assert (refused.status_code, refused.json()) == (400, {"error": "Invalid request: request (4) exceeds text "
                                                                         "limit (3)"})
         proc.send_signal(signal.SIGINT)  # Ctrl+C is the normal way to stop it
         assert proc.wait(30) == 0
     assert log.read_text().rstrip().endswith("Stopped")
-    assert rss[1] - rss[0] < RSS_GROWTH_LIMIT_MB, f"server RSS grew from {rss[0]:.0f} to {rss[1]:.0f} MB"
+    limit = RSS_PER_REQUEST_KB * CLIENTS * REQUESTS_PER_CLIENT / 1024
+    assert rss[1] - rss[0] < limit, f"server RSS grew from {rss[0]:.0f} to {rss[1]:.0f} MB (limit {limit:.0f} MB)"

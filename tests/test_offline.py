@@ -107,13 +107,13 @@ def test_train_offline(network, tmp_path, demo_lines, capsys):
     assert network == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("charmt.serve") is None or importlib.util.find_spec("fastapi") is None,
-                    reason="charmt.serve or fastapi is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("charmt.server") is None or importlib.util.find_spec("fastapi") is None,
+                    reason="charmt.server or fastapi is not installed")
 def test_serve_app_offline(network, tiny_model_dir):
     from fastapi.testclient import TestClient
 
     from charmt.decode import Translator
-    from charmt.serve import ServedModel, create_app
+    from charmt.server import ServedModel, create_app
 
     app = create_app([ServedModel(Translator.load(tiny_model_dir, device="cpu"), "tiny", "en", "fr")])
     with TestClient(app) as client:

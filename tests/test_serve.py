@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import signal
 import subprocess
@@ -31,14 +32,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charmt.api_keys import ApiKeys, KeyLimits
 from charmt.checkpoint import ModelInfo
 from charmt.cli import main
-from charmt.config import ModelConfig
+from charmt.config import MAX_BEAM, ModelConfig
 from charmt.decode import Translator, attention_weights
 from charmt.errors import ConfigError, ModelFormatError
 from charmt.families.lstm import Seq2Seq
-from charmt.serve import MAX_BEAM, ServedModel, bind, create_app, exposure_warning, find_models, url_of
+from charmt.server import Limits, ServedModel, bind, create_app, exposure_warning, find_models, load_models, url_of
+from charmt.server.keys import ApiKeys, KeyLimits
 from charmt.training import train
 from charmt.vocab import Vocab
 
@@ -147,12 +148,15 @@ def running_server(app):
 
 
 @contextmanager
-def serve_process(models: list, *options: str, log_path: Path):
-    """`charmt serve MODEL... --port 0` in a subprocess; yields (URL, process) once it listens."""
-    command = [sys.executable, "-m", "charmt", "-q", "serve", *map(str, models), "--port", "0", "--device", "cpu",
-               *options]
+def serve_process(models: list, *options: str, log_path: Path, quiet: bool = True):
+    """`charmt [-q] serve MODEL... --port 0` in a subprocess; yields (URL, process) once it listens."""
+    command = [sys.executable, "-m", "charmt", *(["-q"] if quiet else []), "serve", *map(str, models), "--port", "0",
+               "--device", "cpu", *options]
+    # This checkout's charmt, whatever the virtual environment has installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         deadline = time.monotonic() + 90
         while not (found := re.search(r" on (http://\S+) ", log_path.read_text(errors="replace"))):
@@ -203,7 +207,8 @@ def de(pair_models) -> Translator:
 @pytest.fixture(scope="module")
 def client(fr, de):
     """Two models, en->fr and en->de, with small limits."""
-    with TestClient(create_app([served(fr, "en", "fr"), served(de, "en", "de")], max_texts=10, max_chars=60)) as c:
+    with TestClient(create_app([served(fr, "en", "fr"), served(de, "en", "de")],
+                               limits=Limits(max_texts=10, max_chars=60))) as c:
         yield c
 
 
@@ -246,11 +251,48 @@ def test_model_sets_that_are_refused_at_start(pair_models, tiny_model_dir, tmp_p
     assert message.format(**paths) in str(raised.value)
 
 
+def test_a_directory_of_models_skips_unfinished_ones_and_serves_an_export_or_its_source(pair_models, tmp_path,
+                                                                                      caplog):
+    import shutil
+
+    root = tmp_path / "models"
+    shutil.copytree(pair_models["fr"], root / "m-fr")
+    fr_config, de_config = (json.loads((pair_models[lang] / "config.json").read_text()) for lang in ("fr", "de"))
+    folders = {"training": de_config,  # a training run that has not saved its weights yet
+               "m-fr-onnx": {**fr_config, "export": {"engine": "onnx", "from": "m-fr", "int8": True}},
+               "half-onnx": {**de_config, "export": {"engine": "onnx", "from": "m-de"}}}
+    for name, config in folders.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(config))
+    for name in ("encoder.onnx", "decoder_step.onnx"):
+        (root / "m-fr-onnx" / name).write_bytes(b"graph")
+    (root / "half-onnx" / "encoder.onnx").write_bytes(b"graph")
+    with caplog.at_level(logging.WARNING, logger="charmt"):
+        assert find_models([str(root)]) == [(root / "m-fr-onnx", ("en", "fr"))]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipping {root / 'half-onnx'}: an incomplete ONNX export (no decoder_step.onnx)",
+        f"skipping {root / 'training'}: config.json but no model.safetensors (a training run that has not saved "
+        "yet?)",
+        f"{root / 'm-fr-onnx'} is an ONNX export of {root / 'm-fr'} (both en->fr): serving {root / 'm-fr-onnx'}; "
+        "name one of them to choose"]
+    # Both named: still one model in two forms (--device cuda serves the source); one named: that one.
+    both = [str(root / "m-fr"), str(root / "m-fr-onnx")]
+    assert find_models(both) == [(root / "m-fr-onnx", ("en", "fr"))]
+    assert find_models(both, prefer_export=False) == [(root / "m-fr", ("en", "fr"))]
+    assert find_models([str(root / "m-fr")]) == [(root / "m-fr", ("en", "fr"))]
+    with pytest.raises(ConfigError, match="both translate en to fr; serve one model per language pair"):
+        find_models([str(root / "m-fr-onnx"), f"{pair_models['de']}=en:fr"])  # two different models
+
+
 def test_create_app_checks_its_options(fr, de):
-    with pytest.raises(ConfigError, match="--max-texts and --max-chars must be at least 1"):
-        create_app([served(fr, "en", "fr")], max_texts=0)
+    with pytest.raises(ConfigError, match="--max-texts must be at least 1, got 0"):
+        Limits(max_texts=0)
+    with pytest.raises(ConfigError, match="--max-queue must be at least 1, got -1"):
+        Limits(max_queue=-1)
+    with pytest.raises(ConfigError, match="--timeout must be more than 0 seconds, got 0"):
+        Limits(timeout_s=0)
     with pytest.raises(ConfigError, match=f"--beam must be between 1 and {MAX_BEAM}, got 0"):
-        create_app([served(fr, "en", "fr")], beam=0)
+        Limits(beam=0)
     with pytest.raises(ConfigError, match="two models translate the same language pair"):
         create_app([served(fr, "en", "fr"), served(de, "en", "fr")])
 
@@ -305,12 +347,13 @@ PAIR = {"source": "en", "target": "fr"}
 
 @pytest.mark.parametrize("body, status, message", [
     ({"texts": ["Hi."]}, 400, "name the language pair with source and target; this server serves en->fr, en->de"),
-    ({"texts": ["Hi."], "source": "en", "target": "es"}, 400, "no model here translates en to es; this server serves"),
+    ({"texts": ["Hi."], "source": "en", "target": "es"}, 400, "es is not supported; this server serves en->fr, en->de"),
     ({"texts": ["Hi."] * 11, **PAIR}, 413, "11 texts in one request; this server accepts at most 10 (--max-texts)"),
     ({"texts": ["Hi.", "x" * 61], **PAIR}, 413, "text 1 has 61 characters; this server accepts at most 60 per text"),
-    ({"texts": ["Hi."], "beam": 0, **PAIR}, 422, "beam: Input should be greater than or equal to 1"),
-    ({"texts": ["Hi."], "beam": MAX_BEAM + 1, **PAIR}, 422, f"beam: Input should be less than or equal to {MAX_BEAM}"),
-    ({"texts": ["Hi."], "beam": 2, "n_best": 3, **PAIR}, 422, "n_best (3) cannot exceed beam (2): raise beam"),
+    ({"texts": ["Hi."], "beam": 0, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got 0"),
+    ({"texts": ["Hi."], "beam": MAX_BEAM + 1, **PAIR}, 422, f"beam must be between 1 and {MAX_BEAM}, got 11"),
+    ({"texts": ["Hi."], "beam": 2, "n_best": 3, **PAIR}, 422, "n_best (3) must be between 1 and beam (2): raise beam"),
+    ({"texts": ["Hi."], "beam": 2, "n_best": 0, **PAIR}, 422, "n_best (0) must be between 1 and beam (2)"),
     ({"texts": "Hi.", **PAIR}, 422, "texts: Input should be a valid list"),
     ({"texts": ["Hi.", 3], **PAIR}, 422, "texts.1: Input should be a valid string"),
     ({"text": ["Hi."]}, 422, "texts: Field required; text: Extra inputs are not permitted"),
@@ -350,8 +393,6 @@ def test_library_errors_become_400_with_their_message(fr):
 
 
 def test_health_reports_each_model_with_its_memory_and_load_time(client, pair_models):
-    from charmt.serve import load_models
-
     body = client.get("/health").json()
     assert {k: body[k] for k in ("status", "max_texts", "max_chars", "max_beam", "beam", "api_keys")} == {
         "status": "ok", "max_texts": 10, "max_chars": 60, "max_beam": MAX_BEAM, "beam": 1, "api_keys": False}
@@ -431,7 +472,7 @@ def test_attention_endpoint(client, fr, de, target):
     ({"text": " ", **PAIR}, 422, "text is empty"),
     ({"text": "x" * 61, **PAIR}, 413, "text has 61 characters; this server accepts at most 60"),
     ({"texts": ["Go."]}, 422, "text: Field required"),
-    ({"text": "Go.", "source": "fr", "target": "en"}, 400, "no model here translates fr to en"),
+    ({"text": "Go.", "source": "fr", "target": "en"}, 400, "fr is not supported; this server serves en->fr, en->de"),
 ])
 def test_attention_endpoint_errors(client, body, status, message):
     response = client.post("/api/attention", json=body)
@@ -521,28 +562,29 @@ def test_leaving_loopback_without_keys_is_warned_about(host, keys, warned):
 # --- batching ---------------------------------------------------------------------------------------------
 
 
-def test_batcher_groups_by_beam_and_keeps_each_requests_results(fr):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from charmt.serve import _Batcher
+def test_admission_groups_by_beam_and_keeps_each_requests_results(fr):
+    from charmt.server.admission import Admission
 
     counting = CountingTranslator(fr)
+    model = served(counting, "en", "fr")
     jobs = [(["Go.", "Hi."], 1, 1), (["I am cold."], 2, 2), ([], 1, 1), (["Who won?"], 1, 1),
             (["Thank you!", "Go."], 2, 1)]
 
     async def run():
-        batcher = _Batcher(counting, ThreadPoolExecutor(1))
+        admission = Admission([model], Limits(), batch_wait_s=0.2)  # long enough for all five to arrive
         try:
-            return await asyncio.gather(*(batcher.translate(texts, beam, n) for texts, beam, n in jobs))
+            return await asyncio.gather(*(admission.translate(model, texts, beam=beam, n_best=n,
+                                                              deadline=admission.deadline())
+                                          for texts, beam, n in jobs))
         finally:
-            await batcher.close()
+            admission.stop()
 
     def plain(results):  # greedy scores are NaN, which equals nothing; batch-mates change the last digits
         return [[(h.text, None if math.isnan(h.score) else round(h.score, 4)) for h in hyps] for hyps in results]
 
     results = asyncio.run(run())
-    assert [plain(r) for r in results] == [plain(fr.translate_n_best(texts, beam=beam, n_best=n))
-                                           for texts, beam, n in jobs]
+    assert [plain(r) for r, _ in results] == [plain(fr.translate_n_best(texts, beam=beam, n_best=n))
+                                              for texts, beam, n in jobs]
     assert counting.calls == [(["Go.", "Hi.", "Who won?"], 1, 1), (["I am cold.", "Thank you!", "Go."], 2, 2)]
 
 
@@ -557,7 +599,7 @@ def test_concurrent_requests_are_batched_on_a_real_server(fr, demo_lines):
     def hold_the_first_call(batch: list[str]) -> None:
         # Keep the model busy until every other request waits, so the test does not depend on timing.
         deadline = time.monotonic() + 20
-        while not counting.calls and len(batch) + model.batcher.queued_texts() < n:
+        while not counting.calls and app.state.server.admission.queued() < n:
             assert time.monotonic() < deadline, "the requests did not all arrive"
             time.sleep(0.005)
 
@@ -667,7 +709,7 @@ else:
     # Built at import time (schemathesis reads the schema then), so from untrained models: two pairs, both APIs.
     api_schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(
         [served(untrained_translator(), "en", "fr"), served(untrained_translator(), "en", "de")],
-        max_texts=8, max_chars=60))
+        limits=Limits(max_texts=8, max_chars=60)))
 
     @api_schema.parametrize()
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

@@ -353,15 +353,17 @@ def cmd_download(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import create_app, load_models, serve
+    from .server import Limits, create_app, load_models, serve
 
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_pieces=args.max_pieces,
+                    max_queue=args.max_queue, timeout_s=args.timeout, beam=args.beam)  # checked before loading
     api_keys = None
     if args.api_keys:
-        from .api_keys import ApiKeys
+        from .server.keys import ApiKeys
 
         api_keys = ApiKeys.read(args.api_keys)
     models = load_models(args.models, device=args.device)
-    app = create_app(models, max_texts=args.max_texts, max_chars=args.max_chars, beam=args.beam, api_keys=api_keys)
+    app = create_app(models, limits=limits, api_keys=api_keys)
 
     def ready(url: str) -> None:
         served = ", ".join(f"{m.name} ({m.source}->{m.target}, {m.translator.device})" for m in models)
@@ -516,7 +518,14 @@ def _args_plot(p: argparse.ArgumentParser) -> None:
 
 
 def _args_serve(p: argparse.ArgumentParser) -> None:
-    from .config import DEFAULT_MAX_CHARS, DEFAULT_MAX_TEXTS, MAX_BEAM
+    from .config import (
+        DEFAULT_MAX_CHARS,
+        DEFAULT_MAX_PIECES,
+        DEFAULT_MAX_QUEUE,
+        DEFAULT_MAX_TEXTS,
+        DEFAULT_TIMEOUT_S,
+        MAX_BEAM,
+    )
 
     p.add_argument("models", nargs="+", metavar="MODEL_DIR",
                    help="model directories, one per language pair, or a directory of them; DIR=SRC:TGT gives the "
@@ -529,10 +538,19 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
                         "[CHARACTERS_PER_REQUEST]] (default: no key needed)")
     p.add_argument("--beam", type=int, default=1,
                    help=f"beam size of LibreTranslate's /translate, 1 to {MAX_BEAM} (default: 1, greedy)")
-    p.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
+    g = p.add_argument_group("limits (GET /health shows them)")
+    g.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
                    help=f"texts per request (default: {DEFAULT_MAX_TEXTS})")
-    p.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
+    g.add_argument("--max-chars", type=int, default=DEFAULT_MAX_CHARS,
                    help=f"characters per text (default: {DEFAULT_MAX_CHARS})")
+    g.add_argument("--max-pieces", type=int, default=DEFAULT_MAX_PIECES,
+                   help=f"lines and sentences per request, what the model translates (default: {DEFAULT_MAX_PIECES})")
+    g.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help=f"requests waiting or being translated, per model; more are answered 503 "
+                        f"(default: {DEFAULT_MAX_QUEUE})")
+    g.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"seconds a request may wait and be translated; later it is answered 504 (default: "
+                        f"{DEFAULT_TIMEOUT_S:g})")
     _add_device(p)
 
 

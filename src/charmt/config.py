@@ -17,9 +17,13 @@ UNITS = ("char", "subword")
 OPTIMIZERS = ("rmsprop", "adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
-# The server's limits (serve.py), here so that the command line's help shows them without importing the server.
+# The server's limits (server/limits.py), here so that the command line's help shows them without importing the
+# server.
 DEFAULT_MAX_TEXTS = 64  # texts per request
 DEFAULT_MAX_CHARS = 1000  # characters per text
+DEFAULT_MAX_PIECES = 1024  # lines and sentences per request, what the model is given (64 texts of 16 sentences)
+DEFAULT_MAX_QUEUE = 256  # requests admitted and not yet answered, per model; more are answered 503
+DEFAULT_TIMEOUT_S = 30.0  # seconds a request may wait and be translated; later it is answered 504
 MAX_BEAM = 10
 
 

@@ -17,24 +17,23 @@ translates line by line and keeps the line breaks; `format: html` keeps entities
 
 from __future__ import annotations
 
+import functools
 import html
 import json
-import re
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from .languages import name_of
-from .serve import MAX_BEAM, Refusal, ServedModel, Server, shown
-from .vocab import normalize
+from ..config import MAX_BEAM
+from ..languages import name_of
+from ..markup import rebuild, segments
+from ..vocab import normalize
+from .limits import OverLimit, Refusal, search_problem, shown
+from .models import ServedModel
+from .state import Server
 
 MAX_ALTERNATIVES = MAX_BEAM - 1
-# Elements whose text is code or kept as written.
-_UNTRANSLATED = {"script", "style", "code", "pre"}
-_TAG = re.compile(r"<!--[\s\S]*?(?:-->|$)|<[/!?]?[A-Za-z](?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ErrorResponse(BaseModel):
@@ -61,9 +60,13 @@ class Language(BaseModel):
 ERRORS = {
     400: {"model": ErrorResponse, "description": "a missing field, an unsupported language or pair, a missing key"},
     403: {"model": ErrorResponse, "description": "an invalid API key, or a feature this server does not offer"},
-    413: {"model": ErrorResponse, "description": "a body larger than the server's limits allow"},
+    413: {"model": ErrorResponse, "description": "a body larger than the server's limits allow, or more lines and "
+                                                 "sentences than --max-pieces"},
     429: {"model": ErrorResponse, "description": "the API key is over its requests per minute"},
-    500: {"model": ErrorResponse, "description": "the translation failed"},
+    500: {"model": ErrorResponse, "description": "the translation failed (the server's log says why)"},
+    503: {"model": ErrorResponse, "description": "the server is busy (too many requests waiting): retry after "
+                                                 "Retry-After"},
+    504: {"model": ErrorResponse, "description": "the request took longer than the server's --timeout"},
 }
 _TEXTS = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
 _FIELDS = {
@@ -90,8 +93,12 @@ DETECT_BODY = _body({"q": _TEXTS, "api_key": _FIELDS["api_key"]}, ["q"])
 
 # --- handlers ---------------------------------------------------------------------------------------------
 
+router = APIRouter(tags=["LibreTranslate"])
 
-async def translate(request: Request) -> JSONResponse:
+
+@router.post("/translate", openapi_extra=TRANSLATE_BODY, responses=ERRORS, response_model=Translation,
+             response_model_exclude_none=True)
+async def translate(request: Request) -> Translation:
     """Translate text from a language to another (LibreTranslate's /translate)."""
     server: Server = request.app.state.server
     fields = await _fields(request)
@@ -101,31 +108,41 @@ async def translate(request: Request) -> JSONResponse:
         if not value:
             hint = " (charmt's own API, which reads texts, is at /api/translate)" if "texts" in fields else ""
             raise Refusal(400, f"Invalid request: missing {name} parameter{hint}")
-    asked = _alternatives(fields.get("alternatives", 0))
+    asked = _alternatives(fields.get("alternatives", 0), server.limits.beam)
     texts = _texts(q, server)
     server.check_key_chars(fields.get("api_key"), sum(len(text) for text in texts))
-    text_format = fields.get("format") or "text"
-    is_html = text_format == "html"
-    pieces = [segments(text, is_html) for text in texts]
-    detected = None
     if source == "auto":
-        _check_supported(server, target, [m.target for m in server.models])
         candidates = [m for m in server.models if m.target == target]
-        detected = detect_language(candidates, [p for text in pieces for p, keep in text if not keep])[0]
-        source = detected["language"]
-    model = _pair(server, source, target)
+        if not candidates:
+            raise Refusal(400, f"{shown(target)} is not supported")
+        lane = candidates[0]
+    else:
+        lane = model = server.model_for(source, target)
+    text_format = fields.get("format") or "text"
     if text_format not in ("text", "html"):
         raise Refusal(400, f"{shown(text_format)} format is not supported")
-    results = await _translate(model, server, pieces, is_html, 0 if is_html else asked)  # none for html, as in LT
+    is_html = text_format == "html"
+    deadline = server.admission.deadline()
+    # Reading a text's markup is the model worker's work, a text a turn, as is everything that reads a text beyond
+    # its length.
+    pieces = [await server.admission.call(lane, functools.partial(segments, text, is_html), deadline=deadline)
+              for text in texts]
+    detected = None
+    if source == "auto":
+        detected = detect_language(candidates, [p for text in pieces for p, keep in text if not keep])[0]
+        model = server.model_for(detected["language"], target)
+    n_best = 1 if is_html else asked + 1  # no alternatives for html, as in LibreTranslate
+    results = await _translate(model, server, pieces, is_html, n_best, deadline)
     answer: dict = {"translatedText": [r[0] for r in results] if isinstance(q, list) else results[0][0]}
     if asked > 0:
         answer["alternatives"] = [r[1] for r in results] if isinstance(q, list) else results[0][1]
     if detected is not None:
         answer["detectedLanguage"] = [detected] * len(texts) if isinstance(q, list) else detected
-    return JSONResponse(answer)
+    return answer
 
 
-async def detect(request: Request) -> JSONResponse:
+@router.post("/detect", openapi_extra=DETECT_BODY, responses=ERRORS, response_model=list[Detection])
+async def detect(request: Request) -> list[Detection]:
     """Detect the language of a text among the served source languages (LibreTranslate's /detect)."""
     server: Server = request.app.state.server
     fields = await _fields(request)
@@ -134,9 +151,11 @@ async def detect(request: Request) -> JSONResponse:
         raise Refusal(400, "Invalid request: missing q parameter")
     texts = _texts(fields["q"], server)
     server.check_key_chars(fields.get("api_key"), sum(len(text) for text in texts))
-    return JSONResponse(detect_language(server.models, texts))
+    return detect_language(server.models, texts)
 
 
+@router.get("/languages", response_model=list[Language])
+@router.post("/languages", response_model=list[Language])  # some clients POST
 async def languages(request: Request) -> list[Language]:
     """Every language a served model reads or writes, with the targets it can be translated into."""
     server: Server = request.app.state.server
@@ -145,23 +164,26 @@ async def languages(request: Request) -> list[Language]:
             for code in codes]
 
 
+@router.get("/frontend/settings")
 async def frontend_settings(request: Request) -> dict:
     """Limits and features, as LibreTranslate's web page reads them."""
     server: Server = request.app.state.server
     first = server.models[0]
-    return {"charLimit": server.max_chars, "frontendTimeout": 500, "apiKeys": server.api_keys is not None,
+    return {"charLimit": server.limits.max_chars, "frontendTimeout": 500, "apiKeys": server.api_keys is not None,
             "keyRequired": server.api_keys is not None, "suggestions": False, "filesTranslation": False,
             "supportedFilesFormat": [],
             "language": {"source": {"code": first.source, "name": name_of(first.source)},
                          "target": {"code": first.target, "name": name_of(first.target)}}}
 
 
-async def translate_file(request: Request) -> JSONResponse:
+@router.post("/translate_file", responses=ERRORS)
+async def translate_file(request: Request) -> dict:
     """Not offered: answered as LibreTranslate answers when files translation is disabled."""
     raise Refusal(403, "Files translation are disabled on this server.")
 
 
-async def suggest(request: Request) -> JSONResponse:
+@router.post("/suggest", responses=ERRORS)
+async def suggest(request: Request) -> dict:
     """Not offered: answered as LibreTranslate answers when suggestions are disabled."""
     raise Refusal(403, "Suggestions are disabled on this server.")
 
@@ -200,12 +222,12 @@ def _code(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-def _alternatives(value: object) -> int:
+def _alternatives(value: object, beam: int) -> int:
     try:
         number = max(0, int(value))
     except (TypeError, ValueError, OverflowError):
         raise Refusal(400, "Invalid request: alternatives parameter is not a number") from None
-    if number > MAX_ALTERNATIVES:
+    if search_problem(max(beam, number + 1), number + 1) is not None:
         raise Refusal(400, f"Invalid request: alternatives parameter must be <= {MAX_ALTERNATIVES}")
     return number
 
@@ -215,88 +237,35 @@ def _texts(q: object, server: Server) -> list[str]:
     texts = q if isinstance(q, list) else [q]
     if not all(isinstance(text, str) for text in texts):
         raise Refusal(400, "Invalid request: q must be a string or a list of strings")
-    if len(texts) > server.max_texts:
-        raise Refusal(400, f"Invalid request: request ({len(texts)}) exceeds text limit ({server.max_texts})")
-    for text in texts:
-        if len(text) > server.max_chars:
-            raise Refusal(400, f"Invalid request: request ({len(text)}) exceeds text limit ({server.max_chars})")
+    try:
+        server.limits.check_texts(texts)
+    except OverLimit as err:
+        raise Refusal(400, f"Invalid request: request ({err.count}) exceeds text limit ({err.limit})") from None
     return texts
-
-
-def _check_supported(server: Server, code: object, known: list[str]) -> None:
-    if code not in known:
-        raise Refusal(400, f"{shown(code)} is not supported")
-
-
-def _pair(server: Server, source: object, target: object) -> ServedModel:
-    _check_supported(server, source, [m.source for m in server.models])
-    _check_supported(server, target, [m.target for m in server.models])
-    model = server.model_for(source, target)
-    if model is None:
-        raise Refusal(400, f"{name_of(target)} ({target}) is not available as a target language from "
-                           f"{name_of(source)} ({source})")
-    return model
 
 
 # --- translating ------------------------------------------------------------------------------------------
 
 
-def segments(text: str, is_html: bool) -> list[tuple[str, bool]]:
-    """`text` as (piece, keep) pairs: pieces to translate (keep False) between pieces kept as they are (tags,
-    line breaks of plain text, the spaces around a text). Joined, the pieces give back `text`."""
-    pieces: list[tuple[str, bool]] = []
-
-    def add_text(chunk: str) -> None:
-        core = chunk.strip()
-        if not (html.unescape(core) if is_html else core).strip():
-            pieces.append((chunk, True))
-            return
-        start = chunk.index(core)
-        pieces.extend([(chunk[:start], True), (core, False), (chunk[start + len(core) :], True)])
-
-    if not is_html:
-        for line in re.split(r"(\n)", text):
-            add_text(line)
-        return [p for p in pieces if p[0]]
-    inside, position = [], 0  # open elements whose text is not translated
-    for match in _TAG.finditer(text):
-        (pieces.append((text[position : match.start()], True)) if inside else add_text(text[position : match.start()]))
-        tag = match.group()
-        name = re.match(r"</?([A-Za-z][\w-]*)", tag)
-        name = name.group(1).lower() if name else ""
-        if name in _UNTRANSLATED and tag.startswith("</"):
-            inside = inside[: len(inside) - 1 - inside[::-1].index(name)] if name in inside else inside
-        elif name in _UNTRANSLATED and not tag.endswith("/>"):
-            inside.append(name)
-        pieces.append((tag, True))
-        position = match.end()
-    (pieces.append((text[position:], True)) if inside else add_text(text[position:]))
-    return [p for p in pieces if p[0]]
-
-
 async def _translate(model: ServedModel, server: Server, pieces: list[list[tuple[str, bool]]], is_html: bool,
-                     alternatives: int) -> list[tuple[str, list[str]]]:
-    """(translation, alternatives) of each text: its pieces translated in one model call and put back in place."""
+                     n_best: int, deadline: float) -> list[tuple[str, list[str]]]:
+    """(translation, alternatives) of each text: its pieces translated and put back in place."""
     sources = [html.unescape(p) if is_html else p for text in pieces for p, keep in text if not keep]
-    n_best = alternatives + 1
     try:
-        results = await model.batcher.translate(sources, max(server.beam, n_best), n_best) if sources else []
-    except Exception as err:  # noqa: BLE001 (LibreTranslate answers any failure so)
-        raise Refusal(500, f"Cannot translate text: {shown(err, 200)}") from None
+        results, _ = await server.admission.translate(model, sources, beam=max(server.limits.beam, n_best),
+                                                      n_best=n_best, deadline=deadline)
+    except Refusal as err:
+        if err.status != 500:
+            raise
+        raise Refusal(500, f"Cannot translate text: {err}") from None  # LibreTranslate's words, then which model
     found = iter(results)
     answers = []
     for text in pieces:
         hyps = [next(found) for _, keep in text if not keep]
-        best = _rebuild(text, [h[0].text if h else "" for h in hyps], is_html)
-        others = [_rebuild(text, [h.text], is_html) for h in hyps[0][1:]] if len(hyps) == 1 else []  # one piece
+        best = rebuild(text, [h[0].text if h else "" for h in hyps], is_html)
+        others = [rebuild(text, [h.text], is_html) for h in hyps[0][1:]] if len(hyps) == 1 else []  # one piece
         answers.append((best, list(dict.fromkeys(o for o in others if o not in (best, "")))))
     return answers
-
-
-def _rebuild(pieces: list[tuple[str, bool]], translations: list[str], is_html: bool) -> str:
-    """The pieces with each one to translate replaced by its translation (escaped again in html)."""
-    outputs = iter(html.escape(t, quote=False) if is_html else t for t in translations)
-    return _SURROGATE.sub("\ufffd", "".join(piece if keep else next(outputs) for piece, keep in pieces))
 
 
 def detect_language(models: list[ServedModel], texts: list[str]) -> list[dict]:
@@ -305,7 +274,7 @@ def detect_language(models: list[ServedModel], texts: list[str]) -> list[dict]:
     chars = [ch for text in texts for ch in normalize(text) if not ch.isspace()]
     known: dict[str, set[str]] = {}
     for m in models:
-        known.setdefault(m.source, set()).update(m.translator.source_vocab.index)
+        known.setdefault(m.source, set()).update(m.translator.source_vocab.chars)
     scores = [{"confidence": round(100 * sum(ch in vocab for ch in chars) / len(chars), 1) if chars else 0.0,
                "language": code} for code, vocab in known.items()]
     return sorted(scores, key=lambda s: -s["confidence"])

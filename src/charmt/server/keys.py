@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
-from .serve import Refusal
+from ..errors import ConfigError
+from .limits import Refusal
 
 # LibreTranslate's own words, which its clients may show to users.
 KEY_MISSING = "Please contact the server operator to get an API key"

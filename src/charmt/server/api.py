@@ -9,14 +9,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .serve import MAX_BEAM, Refusal, ServedModel, Server, shown
+from ..config import MAX_BEAM
+from .asgi import Answer
+from .limits import Refusal, search_problem, shown
+from .models import ServedModel
+from .state import Server
 
 DESCRIPTION = ("Character-level seq2seq translation: LibreTranslate's API (/translate, /languages, /detect, "
                "/frontend/settings) and charmt's own (/api/...). Limits and models: GET /health.")
@@ -28,8 +29,11 @@ class TranslateRequest(BaseModel):
                                          "split and rejoined")
     source: str | None = Field(None, description="source language code, e.g. en (optional with one model)")
     target: str | None = Field(None, description="target language code, e.g. fr (optional with one model)")
-    beam: int = Field(1, ge=1, le=MAX_BEAM, description="beam size, 1 for greedy decoding")
-    n_best: int = Field(1, ge=1, le=MAX_BEAM, description="hypotheses per text, at most `beam`")
+    # The range is documented here and checked by limits.search_problem, as for LibreTranslate's alternatives.
+    beam: int = Field(1, description=f"beam size, 1 for greedy decoding, at most {MAX_BEAM}",
+                      json_schema_extra={"minimum": 1, "maximum": MAX_BEAM})
+    n_best: int = Field(1, description="hypotheses per text, at most `beam`",
+                        json_schema_extra={"minimum": 1, "maximum": MAX_BEAM})
     api_key: str | None = Field(None, description="needed when the server has --api-keys")
 
 
@@ -83,10 +87,15 @@ class ModelHealth(BaseModel):
 class Health(BaseModel):
     status: str
     models: list[ModelHealth]
-    max_texts: int
-    max_chars: int
+    max_texts: int = Field(description="texts per request (--max-texts)")
+    max_chars: int = Field(description="characters per text (--max-chars)")
+    max_pieces: int = Field(description="lines and sentences per request, once split (--max-pieces)")
+    max_queue: int = Field(description="requests waiting or running per model before more are answered 503 "
+                                       "(--max-queue)")
+    timeout_s: float = Field(description="seconds a request may take before it is answered 504 (--timeout)")
     max_beam: int
     beam: int = Field(description="the beam size of LibreTranslate's /translate")
+    queued: int = Field(description="requests waiting or running now")
     api_keys: bool = Field(description="whether requests need an api_key")
     rss_mb: float | None = Field(description="the server process's resident memory")
 
@@ -98,11 +107,17 @@ class Error(BaseModel):
 ERRORS = {
     400: {"model": Error, "description": "no such language pair, a missing key, or an error from the model"},
     403: {"model": Error, "description": "an unknown api_key"},
-    413: {"model": Error, "description": "too many texts, or a text too long"},
+    413: {"model": Error, "description": "too many texts, lines and sentences, or a text too long"},
     422: {"model": Error, "description": "invalid request body"},
     429: {"model": Error, "description": "the api_key is over its requests per minute"},
+    500: {"model": Error, "description": "the translation failed (the server's log says why)"},
+    503: {"model": Error, "description": "the server is busy (too many requests waiting): retry after Retry-After"},
+    504: {"model": Error, "description": "the request took longer than the server's --timeout"},
 }
 ATTENTION_ERRORS = {**ERRORS, 409: {"model": Error, "description": "the model has no attention"}}
+
+
+router = APIRouter()
 
 
 def _model(server: Server, source: str | None, target: str | None) -> ServedModel:
@@ -110,33 +125,34 @@ def _model(server: Server, source: str | None, target: str | None) -> ServedMode
         return server.models[0]
     if source is None or target is None:
         raise Refusal(400, f"name the language pair with source and target; this server serves {server.pairs_text()}")
-    model = server.model_for(source.lower(), target.lower())
-    if model is None:
-        raise Refusal(400, f"no model here translates {shown(source)} to {shown(target)}; this server serves "
-                           f"{server.pairs_text()}")
-    return model
+    try:
+        return server.model_for(source.lower(), target.lower())
+    except Refusal as err:
+        raise Refusal(err.status, f"{err}; this server serves {server.pairs_text()}") from None
 
 
+@router.post("/api/translate", response_model=TranslateResponse, responses=ERRORS)
 async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
     """Translate `texts` in order; blank texts give empty translations."""
     server: Server = request.app.state.server
     server.check_key(body.api_key)
     model = _model(server, body.source, body.target)
-    if body.n_best > body.beam:
-        raise Refusal(422, f"n_best ({body.n_best}) cannot exceed beam ({body.beam}): raise beam")
-    server.check_texts(body.texts)
+    if (problem := search_problem(body.beam, body.n_best)) is not None:
+        raise Refusal(422, problem)
+    server.limits.check_texts(body.texts)
     server.check_key_chars(body.api_key, sum(len(text) for text in body.texts))
-    results = await model.batcher.translate(body.texts, body.beam, body.n_best) if body.texts else []
+    results, warnings = await server.admission.translate(model, body.texts, beam=body.beam, n_best=body.n_best,
+                                                         deadline=server.admission.deadline(), warnings=True)
     n_best = [[Scored(text=h.text, score=h.score) for h in hyps] for hyps in results] if body.n_best > 1 else None
     return TranslateResponse(translations=[hyps[0].text if hyps else "" for hyps in results], n_best=n_best,
                              model=model.name, source=model.source, target=model.target,
-                             device=str(model.translator.device), beam=body.beam,
-                             warnings=model.translator.input_warnings(body.texts))
+                             device=str(model.translator.device), beam=body.beam, warnings=warnings)
 
 
+@router.post("/api/attention", response_model=AttentionResponse, responses=ATTENTION_ERRORS)
 async def attention(body: AttentionRequest, request: Request) -> AttentionResponse:
     """Greedy-decode one sentence and return the attention weights of each output character."""
-    from .decode import attention_weights
+    from ..decode import attention_weights
 
     server: Server = request.app.state.server
     server.check_key(body.api_key)
@@ -144,26 +160,28 @@ async def attention(body: AttentionRequest, request: Request) -> AttentionRespon
     if not model.has_attention:
         raise Refusal(409, f"model {model.name!r} has no attention weights to show (it was trained with --attention "
                            "none); serve a model trained with --attention luong")
-    server.check_texts([body.text])
+    server.limits.check_texts([body.text])
     server.check_key_chars(body.api_key, len(body.text))
     if not body.text.split():
         raise Refusal(422, "text is empty: give one sentence")
-    loop = asyncio.get_running_loop()
-    source, output, weights = await loop.run_in_executor(server.executor, attention_weights, model.translator,
-                                                         body.text)
-    # Lone surrogates have no UTF-8; a source unit is a character, or a subword piece of several.
-    source = ["".join(ch if not 0xD800 <= ord(ch) <= 0xDFFF else "\ufffd" for ch in unit) for unit in source]
+
+    def weights_and_warnings():
+        return (attention_weights(model.translator, body.text),
+                model.translator.input_warnings([body.text], split=False))
+
+    (source, output, weights), warnings = await server.admission.call(model, weights_and_warnings,
+                                                                      deadline=server.admission.deadline())
     return AttentionResponse(source=source, output=output, weights=[[round(w, 4) for w in row] for row in weights],
-                             translation="".join(output),
-                             warnings=model.translator.input_warnings([body.text], split=False))
+                             translation="".join(output), warnings=warnings)
 
 
+@router.get("/health", response_model=Health)
 async def health(request: Request) -> Health:
     """Liveness (LibreTranslate's clients read `status`), the models and the server's limits (the page reads them)."""
     return request.app.state.server.health()
 
 
-async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def invalid_request(request: Request, exc: RequestValidationError) -> Answer:
     """One readable line, without echoing the input (it may not even be encodable as UTF-8)."""
     problems = []
     for e in exc.errors():
@@ -172,4 +190,4 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
             continue
         where = ".".join(str(part) for part in e.get("loc", ()) if part != "body") or "body"
         problems.append(f"{where}: {e.get('msg', 'invalid')}")
-    return JSONResponse({"detail": shown("invalid request: " + "; ".join(problems), limit=2000)}, status_code=422)
+    return Answer({"detail": shown("invalid request: " + "; ".join(problems), limit=2000)}, status_code=422)
