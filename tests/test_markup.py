@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charmt.libretranslate import detect_language
 from charmt.markup import rebuild, segments
+from charmt.server.libretranslate import detect_language
 from charmt.vocab import Vocab, canonical_spaces, collapse_whitespace, normalize
 
 
