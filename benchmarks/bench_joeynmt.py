@@ -4,6 +4,10 @@ by `charmt split`, decoded greedy and with beam 5, scored with charmt's own mult
     .venv/bin/python -m charmt split /work/shared/data/fra-eng/fra.txt --out /tmp/split      # fra.train/test.txt
     .venv/bin/python benchmarks/bench_joeynmt.py /tmp/split/fra.train.txt /tmp/split/fra.test.txt \\
         --minutes 10 --out benchmarks/results/joeynmt-10min                                   # and --minutes 60
+    # French to English: split with `charmt split --reverse` (multi-reference in English), then --direction fr-en
+    # smoke test (2,000 pairs, 1 minute, a validation every 4 steps): about 2 minutes, the first run 2 more
+    .venv/bin/python benchmarks/bench_joeynmt.py /tmp/tiny.fra.train.txt /tmp/split/fra.test.txt --minutes 1 \
+        --validation-freq 4 --out /tmp/joeynmt-smoke --force
 
 The same split, the same machine and the same budgets as `charmt train --preset base` and `--preset transformer`
 (issue 23). JoeyNMT is kept out of charmt's dependencies: it lives in its own virtual environment, .venv-joeynmt/
