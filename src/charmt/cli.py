@@ -576,7 +576,8 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="charmt", description="Character-level seq2seq translation (LSTM).")
+    parser = argparse.ArgumentParser(prog="charmt", description="Sequence-to-sequence translation: character-level "
+                                     "LSTMs and Transformers.")
     parser.add_argument("--version", action="version", version=f"charmt {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
