@@ -63,10 +63,12 @@ class AttentionRequest(BaseModel):
 
 
 class AttentionResponse(BaseModel):
-    source: list[str] = Field(description="source characters (columns)")
-    output: list[str] = Field(description="output characters (rows)")
+    source: list[str] = Field(description="source units (columns): characters, or subword pieces")
+    output: list[str] = Field(description="output units (rows); joined, they are the translation")
     weights: list[list[float]] = Field(description="weights[i][j]: attention of output i on source j")
     translation: str
+    shown: str = Field(description="which attention the weights are (a Transformer's: how its layers and heads "
+                                   "are combined)")
     warnings: list[str]
 
 
@@ -152,7 +154,7 @@ async def translate(body: TranslateRequest, request: Request) -> TranslateRespon
 @router.post("/api/attention", response_model=AttentionResponse, responses=ATTENTION_ERRORS)
 async def attention(body: AttentionRequest, request: Request) -> AttentionResponse:
     """Greedy-decode one sentence and return the attention weights of each output character."""
-    from ..decode import attention_weights
+    from ..decode import ATTENTION_SHOWN, attention_weights
 
     server: Server = request.app.state.server
     server.check_key(body.api_key)
@@ -172,7 +174,8 @@ async def attention(body: AttentionRequest, request: Request) -> AttentionRespon
     (source, output, weights), warnings = await server.admission.call(model, weights_and_warnings,
                                                                       deadline=server.admission.deadline())
     return AttentionResponse(source=source, output=output, weights=[[round(w, 4) for w in row] for row in weights],
-                             translation="".join(output), warnings=warnings)
+                             translation="".join(output), shown=ATTENTION_SHOWN[model.translator.info.model.arch],
+                             warnings=warnings)
 
 
 @router.get("/health", response_model=Health)

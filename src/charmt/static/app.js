@@ -12,10 +12,9 @@ function chosenModel() {
 }
 
 // Spaces, tabs and other invisible source characters get a visible label in the heatmap.
-function label(ch) {
-  if (ch === " ") return "␣";
-  if (/^\s$/.test(ch)) return "·";
-  return ch;
+function label(unit) {  // a character, or a subword piece with its spaces written out
+  if (/^\s$/.test(unit) && unit !== " ") return "·";
+  return unit.replaceAll(" ", "␣");
 }
 
 // Text in a language: its lang attribute, and its direction (right to left for Arabic, Hebrew, ...).
@@ -174,7 +173,7 @@ function drawHeatmap(data) {
   const table = $("heatmap");
   table.replaceChildren();
   $("heatmap-caption").textContent =
-    `Attention of the greedy output "${data.translation}" on "${data.source.join("")}"`;
+    `Attention of the greedy output "${data.translation}" on "${data.source.join("").trim()}" (${data.shown})`;
   const head = document.createElement("tr");
   const corner = document.createElement("th");
   corner.setAttribute("aria-label", "output character / source character");
