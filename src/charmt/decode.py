@@ -416,16 +416,6 @@ class Translator:
             pieces.extend((i, sentence) for sentence in sentences)
         return PreparedInputs(len(texts), pieces, self._warnings([s for _, s in pieces]))
 
-    def join_prepared(self, parts: list[PreparedInputs]) -> PreparedInputs:
-        """Inputs prepared apart (a server prepares each text in turn) as one preparation, their inputs one after
-        the other, with the warnings about all of their sentences together."""
-        sentences: list[tuple[int, str]] = []
-        count = 0
-        for part in parts:
-            sentences.extend((count + i, sentence) for i, sentence in part.sentences)
-            count += part.count
-        return PreparedInputs(count, sentences, self._warnings([s for _, s in sentences]))
-
     def input_warnings(self, texts: list[str], *, split: bool = True) -> list[str]:
         """What `translate` warns about these inputs, as messages: unknown characters (which become <unk>) and
         sentences longer than any seen in training."""

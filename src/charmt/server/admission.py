@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CharmtError
+from ..languages import split_sentences
 from .limits import RETRY_AFTER_S, Limits, Refusal
 
 if TYPE_CHECKING:
-    from ..decode import Hypothesis, PreparedInputs
+    from ..decode import Hypothesis
     from .models import ServedModel
 
 log = logging.getLogger("charmt")
@@ -65,8 +66,8 @@ class _Translation(_Job):
     beam: int = 1
     n_best: int = 1
     want_warnings: bool = False
-    prepared: list[PreparedInputs] = field(default_factory=list)  # per text, as far as prepared
-    pieces: int = 0  # sentences of the texts prepared
+    sentences: list[int] = field(default_factory=list)  # per text, as far as prepared
+    pieces: int = 0  # their sum
     costs: list[int] = field(default_factory=list)  # per text at beam 1, in CHUNK_WORK's units
     warnings: list[str] = field(default_factory=list)
     results: list = field(default_factory=list)
@@ -222,21 +223,21 @@ class Admission:
             self._run(chunk)
 
     def _prepare(self, job: _Translation, budget: int) -> int:
-        """Prepare the job's next texts for the model (cleaned and split into sentences, once: the model call
-        takes them as they are), about `budget` characters of them, refusing the job as soon as it holds too many
-        pieces; then note its warnings. Returns the characters."""
+        """Split and count the job's next texts, about `budget` characters of them (the model splits them the same
+        way), refusing it as soon as it holds too many pieces; then note its warnings. Returns the characters."""
         translator = job.model.translator
+        split = not translator.keras_compat  # such a model translates each text whole
         used = 0
-        while len(job.prepared) < len(job.texts) and (used < budget or not used):
-            text = job.texts[len(job.prepared)]
-            job.prepared.append(translator.prepare([text]))
-            sentences = len(job.prepared[-1].sentences)
-            job.pieces += sentences
-            job.costs.append(max(sentences, -(-len(text) // UNIT_CHARS)))
+        while len(job.sentences) < len(job.texts) and (used < budget or not used):
+            text = job.texts[len(job.sentences)]
+            job.sentences.append(len(split_sentences(text, translator.info.source_lang)) if split
+                                 else int(bool(text.strip())))
+            job.pieces += job.sentences[-1]
+            job.costs.append(max(job.sentences[-1], -(-len(text) // UNIT_CHARS)))
             used += len(text) + 1
             self.limits.check_pieces(job.pieces)
-        if len(job.prepared) == len(job.texts) and job.want_warnings:
-            job.warnings = translator.join_prepared(job.prepared).warnings
+        if len(job.sentences) == len(job.texts) and job.want_warnings:
+            job.warnings = translator.input_warnings(job.texts)
         return used
 
     def _gather(self, jobs: list[_Job]) -> list[tuple[_Translation, int, int]]:
@@ -247,7 +248,7 @@ class Admission:
         for job in jobs:
             if not isinstance(job, _Translation) or job.done or (chunk and job.beam != chunk[0][0].beam):
                 continue  # another beam or a function: the head of a later turn
-            if len(job.prepared) < len(job.texts):
+            if len(job.sentences) < len(job.texts):
                 if prepared >= PREPARE_CHARS:
                     break
                 try:
@@ -255,7 +256,7 @@ class Admission:
                 except Exception as err:  # noqa: BLE001 (answered to its own request)
                     self._finish(job, self._failure(job.model, err), ok=False)
                     continue
-                if len(job.prepared) < len(job.texts):  # this turn's preparation is spent
+                if len(job.sentences) < len(job.texts):  # this turn's preparation is spent
                     break
             start = job.next
             while job.next < len(job.texts):
@@ -272,11 +273,11 @@ class Admission:
 
     def _run(self, chunk: list[tuple[_Translation, int, int]]) -> None:
         model = chunk[0][0].model
-        prepared = model.translator.join_prepared([p for job, start, end in chunk for p in job.prepared[start:end]])
+        texts = [text for job, start, end in chunk for text in job.texts[start:end]]
         try:
-            results = model.translator.translate_prepared(
-                prepared, beam=chunk[0][0].beam, n_best=max(job.n_best for job, _, _ in chunk),
-                batch_size=self.chunk_work)
+            results = model.translator.translate_n_best(
+                texts, beam=chunk[0][0].beam, n_best=max(job.n_best for job, _, _ in chunk),
+                batch_size=self.chunk_work, split=True, warn=False)
         except Exception as err:  # noqa: BLE001
             if len(chunk) > 1:  # which request holds the text that fails? each alone, so only that one fails
                 for part in chunk:
