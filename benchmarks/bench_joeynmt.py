@@ -535,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
                      "decode_s": round(result["seconds"], 2),
                      "sentences_per_s": round(len(hypotheses) / result["seconds"], 2)}
 
+    from _common import _cpu_model  # charmt's interpreter: the other benchmarks' helpers are importable here
+
     result = {
         "system": "joeynmt", "versions": versions, "direction": args.direction, "minutes": args.minutes,
         "threads": args.threads, "validation_freq": args.validation_freq, "learning_rate": args.learning_rate,
@@ -553,16 +555,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
