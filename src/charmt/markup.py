@@ -21,7 +21,6 @@ import re
 _UNTRANSLATED = {"script", "style", "code", "pre"}
 _SPECIAL = re.compile("[<>\"']")
 _NAME = re.compile(r"</?([A-Za-z][\w-]*)")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def segments(text: str, is_html: bool) -> list[tuple[str, bool]]:
@@ -57,10 +56,10 @@ def segments(text: str, is_html: bool) -> list[tuple[str, bool]]:
 
 
 def rebuild(pieces: list[tuple[str, bool]], translations: list[str], is_html: bool) -> str:
-    """The pieces with each one to translate replaced by its translation (escaped again in html); a lone
-    surrogate, which no encoder can write, becomes U+FFFD."""
+    """The pieces with each one to translate replaced by its translation (escaped again in html). Lone
+    surrogates are kept: the server's JSON writer is the one place that makes them U+FFFD."""
     outputs = iter(html.escape(t, quote=False) if is_html else t for t in translations)
-    return _SURROGATE.sub("\ufffd", "".join(piece if keep else next(outputs) for piece, keep in pieces))
+    return "".join(piece if keep else next(outputs) for piece, keep in pieces)
 
 
 def _add_text(pieces: list[tuple[str, bool]], chunk: str, is_html: bool) -> None:
