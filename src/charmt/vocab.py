@@ -110,24 +110,11 @@ class Vocab:
 
     def encode(self, text: str, *, add_start: bool = False, add_end: bool = False) -> list[int]:
         """Token ids of `text` after NFC normalisation; characters not in the vocabulary become UNK."""
-        ids = [self.index.get(ch, UNK_ID) for ch in normalize(text)]
-        if add_start:
-            ids.insert(0, START_ID)
-        if add_end:
-            ids.append(END_ID)
-        return ids
+        return _with_markers([self.index.get(ch, UNK_ID) for ch in normalize(text)], add_start, add_end)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, stopping at END and leaving out PAD and START; UNK comes back as U+FFFD."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == END_ID:
-                break
-            if i in (PAD_ID, START_ID):
-                continue
-            out.append("\ufffd" if i == UNK_ID else self.tokens[i])
-        return "".join(out)
+        return "".join("\ufffd" if i == UNK_ID else self.tokens[i] for i in _text_ids(ids))
 
 
 # Characters SentencePiece cannot be given as themselves: it reads U+2581 ("▁") as its own mark for a space, so the
@@ -257,22 +244,12 @@ class SubwordVocab:
         for piece in self._processor.Encode(text, out_type=str):
             i = self.index.get(piece)
             ids.extend([UNK_ID] * len(piece) if i is None else [i])
-        if add_start:
-            ids.insert(0, START_ID)
-        if add_end:
-            ids.append(END_ID)
-        return ids
+        return _with_markers(ids, add_start, add_end)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, stopping at END and leaving out PAD and START; UNK comes back as U+FFFD."""
-        kept = []
-        for i in ids:
-            i = int(i)
-            if i == END_ID:
-                break
-            if i not in (PAD_ID, START_ID):
-                kept.append(i)
-        return self._processor.Decode(kept)  # SentencePiece's own rule for spaces: "▁" is one, bar the first's
+        # SentencePiece's own rule for spaces: "▁" is one, bar the first's.
+        return self._processor.Decode(_text_ids(ids))
 
 
 def _quiet_sentencepiece() -> None:
@@ -280,3 +257,20 @@ def _quiet_sentencepiece() -> None:
     import sentencepiece as spm
 
     spm.SetMinLogLevel(3)
+
+
+def _with_markers(ids: list[int], add_start: bool, add_end: bool) -> list[int]:
+    """`ids` with START before them and END after them, as asked (one rule for both kinds of units)."""
+    return [START_ID] * add_start + ids + [END_ID] * add_end
+
+
+def _text_ids(ids: Iterable[int]) -> list[int]:
+    """The ids that stand for text: those before END, without PAD and START."""
+    kept = []
+    for i in ids:
+        i = int(i)
+        if i == END_ID:
+            break
+        if i not in (PAD_ID, START_ID):
+            kept.append(i)
+    return kept
