@@ -202,7 +202,7 @@ def test_int8_memory_counts_the_quantized_weights():
 @pytest.mark.parametrize(
     "engine, message",
     [("onnx", "is a PyTorch model directory, not an ONNX export: export it with `charmt export"),
-     ("tensorflow", "engine must be one of auto, torch, onnx, got 'tensorflow'")],
+     ("tensorflow", "engine must be one of auto, torch, onnx, ct2, got 'tensorflow'")],
 )
 def test_loading_a_model_directory_with_the_wrong_engine_says_what_to_do(tiny_model_dir, engine, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -229,7 +229,7 @@ def test_the_export_command_and_an_export_in_translate_evaluate_and_serve(tiny_m
     assert main(["translate", str(out), SENTENCES[0]]) == 0
     assert capsys.readouterr().out == Translator.load(tiny_model_dir).translate([SENTENCES[0]])[0] + "\n"
     assert main(["evaluate", str(out), str(pair_file)]) == 0
-    assert "masked character accuracy (teacher forcing): unavailable for an ONNX export" in capsys.readouterr().out
+    assert "masked character accuracy (teacher forcing): unavailable for an export" in capsys.readouterr().out
     from charmt.server import load_models
 
     (served,) = load_models([f"{out}=en:fr"])

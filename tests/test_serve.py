@@ -273,7 +273,7 @@ def test_a_directory_of_models_skips_unfinished_ones_and_serves_an_export_or_its
         f"skipping {root / 'half-onnx'}: an incomplete ONNX export (no decoder_step.onnx)",
         f"skipping {root / 'training'}: config.json but no model.safetensors (a training run that has not saved "
         "yet?)",
-        f"{root / 'm-fr-onnx'} is an ONNX export of {root / 'm-fr'} (both en->fr): serving {root / 'm-fr-onnx'}; "
+        f"{root / 'm-fr-onnx'} is an export of {root / 'm-fr'} (both en->fr): serving {root / 'm-fr-onnx'}; "
         "name one of them to choose"]
     # Both named: still one model in two forms (--device cuda serves the source); one named: that one.
     both = [str(root / "m-fr"), str(root / "m-fr-onnx")]

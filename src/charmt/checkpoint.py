@@ -36,6 +36,8 @@ LOG_FILE = "log.jsonl"
 SPLIT_FILE = "split.json"
 CARD_FILE = "README.md"
 SUBWORD_FILE = "sentencepiece.model"
+# A CTranslate2 export's config.json is CTranslate2's own; charmt's config sits beside it under this name.
+CT2_CONFIG_FILE = "charmt.json"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, SPLIT_FILE, CARD_FILE, SUBWORD_FILE)
 
 
@@ -239,7 +241,8 @@ def load_tensors(path: str | os.PathLike, *, with_metadata: bool = False):
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
+    """Whether `path` is a model directory or an export of one (it has charmt's config)."""
+    return config_path(path).is_file()
 
 
 def save_model(directory: str | os.PathLike, model: nn.Module, info: ModelInfo,
@@ -250,14 +253,22 @@ def save_model(directory: str | os.PathLike, model: nn.Module, info: ModelInfo,
     write_info(directory, info)
 
 
+def config_path(directory: str | os.PathLike) -> Path:
+    """Where charmt's config of a model directory or an export is: config.json, or charmt.json in a CTranslate2
+    export."""
+    directory = Path(directory)
+    beside = directory / CT2_CONFIG_FILE
+    return beside if beside.is_file() else directory / CONFIG_FILE
+
+
 def load_info(directory: str | os.PathLike) -> ModelInfo:
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelFormatError(f"{directory} is not a model directory (no such directory)")
-    config_path = directory / CONFIG_FILE
-    if not config_path.exists():
-        raise ModelFormatError(f"{config_path} is missing: {directory} is not a charmt model directory")
-    return ModelInfo.from_json(read_json(config_path), str(config_path), directory)
+    path = config_path(directory)
+    if not path.exists():
+        raise ModelFormatError(f"{path} is missing: {directory} is not a charmt model directory")
+    return ModelInfo.from_json(read_json(path), str(path), directory)
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
@@ -398,7 +409,7 @@ def model_card(info: ModelInfo, history: list[dict], *, hardware: str, minutes: 
 
     src, tgt = info.source_lang, info.target_lang
     data, training = info.data, info.training
-    best = next((r for r in history if r.get("best")), None)
+    best = next((r for r in reversed(history) if r.get("best")), None)  # the last epoch that improved
     scores = (f"best epoch {best['epoch']}: chrF {best['val_chrf']:.1f}, BLEU {best['val_bleu']:.1f} on "
               f"{min(training.get('eval_sentences', 0), data.get('validation', 0))} validation sentences"
               if best and "val_chrf" in best else "no validation set")

@@ -195,14 +195,16 @@ def cmd_translate(args) -> int:
     inputs = _read_inputs(args.text)
     if args.n_best > 1:
         results = translator.translate_n_best(inputs, beam=max(args.beam, args.n_best), n_best=args.n_best,
-                                              batch_size=args.batch_size, split=not args.no_split)
+                                              batch_size=args.batch_size, split=not args.no_split,
+                                              length_penalty=args.length_penalty)
         for i, hyps in enumerate(results):
             for hyp in hyps:
                 print(f"{i}\t{hyp.score:.4f}\t{hyp.text}")
             if not hyps:
                 print(f"{i}\t\t")
     else:
-        for line in translator.translate(inputs, beam=args.beam, batch_size=args.batch_size, split=not args.no_split):
+        for line in translator.translate(inputs, beam=args.beam, batch_size=args.batch_size, split=not args.no_split,
+                                         length_penalty=args.length_penalty):
             print(line)
     return 0
 
@@ -245,7 +247,7 @@ def cmd_evaluate(args) -> int:
     print(f"exact match: {100 * report.exact_match:.1f}%")
     print(f"output length / reference length: {report.length_ratio:.2f}")
     if report.masked_accuracy is None:
-        print("masked character accuracy (teacher forcing): unavailable for an ONNX export (evaluate the model "
+        print("masked character accuracy (teacher forcing): unavailable for an export (evaluate the model "
               "directory for it)")
     else:
         print(f"masked character accuracy (teacher forcing): {report.masked_accuracy:.4f}")
@@ -314,13 +316,31 @@ def cmd_attention(args) -> int:
 def cmd_export(args) -> int:
     import warnings
 
-    from .export import export_onnx
+    from . import export
 
-    with warnings.catch_warnings():  # the TorchScript exporter's notes (deprecation, shape inference), not ours
-        warnings.simplefilter("ignore")
-        out = export_onnx(args.model, args.onnx, int8=args.int8, overwrite=args.overwrite)
-    _say(f"Exported {args.model} to {out} ({'int8' if args.int8 else 'float32'} ONNX); translate with: charmt "
-         f"translate {out} \"...\" (needs only onnxruntime: pip install 'charmt[onnx]')")
+    if sum(x is not None for x in (args.onnx, args.ctranslate2, args.argos)) != 1:
+        raise ConfigError("name one export: --onnx DIR, --ctranslate2 DIR or --argos FILE.argosmodel")
+    if args.int8 and args.onnx is None:
+        raise ConfigError("--int8 is for --onnx; CTranslate2 exports take --quantization int8")
+    if args.quantization is not None and args.onnx is not None:
+        raise ConfigError("--quantization is for --ctranslate2 and --argos; ONNX exports take --int8")
+    if args.onnx is not None:
+        with warnings.catch_warnings():  # the TorchScript exporter's notes (deprecation, shape inference), not ours
+            warnings.simplefilter("ignore")
+            out = export.export_onnx(args.model, args.onnx, int8=args.int8, overwrite=args.overwrite)
+        _say(f"Exported {args.model} to {out} ({'int8' if args.int8 else 'float32'} ONNX); translate with: charmt "
+             f"translate {out} \"...\" (needs only onnxruntime: pip install 'charmt[onnx]')")
+    elif args.ctranslate2 is not None:
+        out = export.export_ctranslate2(args.model, args.ctranslate2, quantization=args.quantization or "float32",
+                                        overwrite=args.overwrite)
+        _say(f"Exported {args.model} to {out} (CTranslate2, {args.quantization or 'float32'}); translate with: "
+             f"charmt translate {out} \"...\" (needs only ctranslate2: pip install 'charmt[ct2]')")
+    else:
+        from .argos import export_argos
+
+        out = export_argos(args.model, args.argos, quantization=args.quantization or "int8", overwrite=args.overwrite)
+        _say(f"Wrote the Argos Translate package {out}; install it with: argospm install {out} (or "
+             "argostranslate.package.install_from_path), and LibreTranslate serves it")
     return 0
 
 
@@ -422,9 +442,11 @@ def _args_train(p: argparse.ArgumentParser) -> None:
 
 
 def _args_translate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory, or an ONNX export of one (charmt export)")
+    p.add_argument("model", help="model directory, or an ONNX or CTranslate2 export of one (charmt export)")
     p.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
     p.add_argument("--beam", type=int, default=1, help="beam size, 1 for greedy (default: 1)")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
+                   help="beam scores are log-probabilities / length**ALPHA (default: 1; Argos Translate uses 0.2)")
     p.add_argument("--n-best", type=int, default=1, help="print the K best hypotheses with their scores")
     p.add_argument("--batch-size", type=int, default=128, help="sentences per batch (default: 128)")
     p.add_argument("--no-split", action="store_true", help="do not split paragraphs into sentences")
@@ -432,7 +454,7 @@ def _args_translate(p: argparse.ArgumentParser) -> None:
 
 
 def _args_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model directory, or an ONNX export of one (charmt export)")
+    p.add_argument("model", help="model directory, or an ONNX or CTranslate2 export of one (charmt export)")
     p.add_argument("data", help="pair file; the model's own training file evaluates on its recorded test split")
     p.add_argument("--split", default="auto", choices=["auto", "test", "validation", "all"],
                    help="auto: the recorded test (or validation) split of the training file, else all pairs")
@@ -468,10 +490,15 @@ def _args_attention(p: argparse.ArgumentParser) -> None:
 
 def _args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory")
-    p.add_argument("--onnx", required=True, metavar="DIR",
-                   help="write encoder.onnx, decoder_step.onnx and config.json here")
-    p.add_argument("--int8", action="store_true", help="int8 weights (onnxruntime's dynamic quantization)")
-    p.add_argument("--overwrite", action="store_true", help="replace what DIR holds")
+    p.add_argument("--onnx", metavar="DIR", help="write encoder.onnx, decoder_step.onnx and config.json here")
+    p.add_argument("--int8", action="store_true", help="with --onnx: int8 weights (onnxruntime's dynamic "
+                   "quantization)")
+    p.add_argument("--ctranslate2", metavar="DIR", help="write a CTranslate2 model folder here (Transformer models)")
+    p.add_argument("--argos", metavar="FILE.argosmodel",
+                   help="write an Argos Translate package (a CTranslate2 model) that LibreTranslate serves")
+    p.add_argument("--quantization", choices=["float32", "int8", "int8_float32"],
+                   help="CTranslate2 weights (default: float32 for --ctranslate2, int8 for --argos)")
+    p.add_argument("--overwrite", action="store_true", help="replace what DIR or FILE holds")
 
 
 def _args_split(p: argparse.ArgumentParser) -> None:
@@ -562,7 +589,8 @@ COMMANDS = [
     ("inspect", "show the one-hot encodings of a pair (the example's exercise)", _args_inspect, cmd_inspect),
     ("demo", "train the tiny preset on the built-in corpus and show translations", _args_demo, cmd_demo),
     ("attention", "translate one sentence and draw its attention heatmap as PNG", _args_attention, cmd_attention),
-    ("export", "write a model as ONNX graphs that translate without PyTorch (onnxruntime)", _args_export,
+    ("export", "write a model for other runtimes: ONNX (onnxruntime), CTranslate2, an Argos Translate package",
+     _args_export,
      cmd_export),
     ("split", "hold out a multi-reference test set by source sentence (NAME.train.txt, NAME.test.txt)", _args_split,
      cmd_split),

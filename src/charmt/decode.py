@@ -20,12 +20,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .checkpoint import ModelInfo, read_json
+from .checkpoint import ModelInfo, config_path, read_json
 from .errors import ConfigError
 from .languages import join_sentences, split_sentences
 from .vocab import (
@@ -43,7 +42,8 @@ from .vocab import (
 log = logging.getLogger("charmt")
 
 MAX_REPEAT_UNIT = 12  # longest repeated unit ("salade ") the repetition guard looks for
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "ct2")
+EXPORT_KINDS = {"onnx": "an ONNX export", "ct2": "a CTranslate2 export"}
 
 
 class Engine(Protocol):
@@ -133,6 +133,25 @@ def _trim(tokens: list[int], stop_repeats: bool) -> list[int]:
                     end -= unit
                 return tokens[:end]
     return tokens
+
+
+def finish_tokens(outputs: list[list[int]], limits: list[int], stop_repeats: bool = True) -> list[list[int]]:
+    """What greedy_decode gives for sentences whose argmax tokens are `outputs` (from a search run without caps or
+    guard, such as CTranslate2's): each cut at END, at its limit, or where the repetition guard stops it. All rows
+    are stepped together, as in greedy_decode."""
+    if not outputs:
+        return []
+    stops = np.array([min(len(tokens), limit) for tokens, limit in zip(outputs, limits)], dtype=np.int64)
+    steps = int(stops.max())
+    if stop_repeats and steps:
+        tokens = np.full((len(outputs), steps), -2, dtype=np.int64)  # -2: after a row's end
+        for row, out in enumerate(outputs):
+            tokens[row, : stops[row]] = out[: stops[row]]
+        written = _Outputs(len(outputs), steps)
+        for step in range(steps):
+            looping = written.push(tokens[:, step]) & (step < stops)
+            stops[looping] = step + 1
+    return [_trim(list(out[:stop]), stop_repeats) for out, stop in zip(outputs, stops.tolist())]
 
 
 # --- the searches -----------------------------------------------------------------------------------------
@@ -278,13 +297,15 @@ class PreparedInputs:
     warnings: list[str]  # unknown characters, sentences longer than any seen in training
 
 
-def is_onnx_export(directory: str | os.PathLike) -> bool:
-    """Whether `directory` holds an ONNX export (`charmt export --onnx`) rather than a PyTorch model."""
-    path = Path(directory) / "config.json"
+def export_engine(directory: str | os.PathLike) -> str | None:
+    """The engine of the export in `directory` ("onnx" or "ct2", as `charmt export` wrote it), or None for a
+    PyTorch model directory."""
+    path = config_path(directory)
     if not path.is_file():
-        return False
+        return None
     config = read_json(path)
-    return isinstance(config, dict) and isinstance(config.get("export"), dict)
+    export = config.get("export") if isinstance(config, dict) else None
+    return str(export.get("engine", "onnx")) if isinstance(export, dict) else None
 
 
 class Translator:
@@ -305,24 +326,33 @@ class Translator:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str = "auto", *, engine: str = "auto") -> Translator:
-        """A model directory (PyTorch) or an ONNX export (onnxruntime); `engine` "auto" tells them apart."""
+        """A model directory (PyTorch), an ONNX export (onnxruntime) or a CTranslate2 export; `engine` "auto" tells
+        them apart."""
         if engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-        exported = is_onnx_export(directory)
+        exported = export_engine(directory)
         if engine == "auto":
-            engine = "onnx" if exported else "torch"
+            engine = exported or "torch"
+        if engine != "torch" and exported != engine:
+            what = EXPORT_KINDS.get(exported, "a PyTorch model directory")
+            flag = "--onnx" if engine == "onnx" else "--ctranslate2"
+            raise ConfigError(f"{directory} is {what}, not {EXPORT_KINDS[engine]}: export it with `charmt export "
+                              f"MODEL {flag} DIR` and load DIR, or use the engine its kind needs")
         if engine == "onnx":
-            if not exported:
-                raise ConfigError(f"{directory} is a PyTorch model directory, not an ONNX export: export it with "
-                                  f"`charmt export {directory} --onnx DIR` and load DIR, or use the torch engine")
             from .onnx_engine import OnnxEngine
 
             runner = OnnxEngine(directory, device)
             translator = cls(None, runner.info, engine=runner)
+        elif engine == "ct2":
+            from .ct2_engine import Ct2Engine
+
+            runner = Ct2Engine(directory, device)
+            translator = cls(None, runner.info, engine=runner)
         else:
             if exported:
-                raise ConfigError(f"{directory} holds an ONNX export, which has no PyTorch weights: load it with the "
-                                  "onnx engine (the default), or load the model directory it was exported from")
+                raise ConfigError(f"{directory} holds {EXPORT_KINDS.get(exported, 'an export')}, which has no "
+                                  "PyTorch weights: load it with its own engine (the default), or load the model "
+                                  "directory it was exported from")
             translator = cls._load_torch(directory, device)
         info = translator.info
         log.info("model %s (%s preset, %s→%s) on %s, %s", directory, info.preset, info.source_lang or "?",
@@ -354,16 +384,18 @@ class Translator:
         return self.info.target_vocab
 
     def translate(self, texts: list[str], *, beam: int = 1, batch_size: int = 128, split: bool = True,
-                  warn: bool = True) -> list[str]:
+                  warn: bool = True, length_penalty: float = 1.0) -> list[str]:
         """One translation per input, in order; empty or blank inputs give empty outputs."""
-        results = self.translate_n_best(texts, beam=beam, n_best=1, batch_size=batch_size, split=split, warn=warn)
+        results = self.translate_n_best(texts, beam=beam, n_best=1, batch_size=batch_size, split=split, warn=warn,
+                                        length_penalty=length_penalty)
         return [hyps[0].text if hyps else "" for hyps in results]
 
     def translate_n_best(self, texts: list[str], *, beam: int = 1, n_best: int = 1, batch_size: int = 128,
-                         split: bool = True, warn: bool = True) -> list[list[Hypothesis]]:
+                         split: bool = True, warn: bool = True, length_penalty: float = 1.0) -> list[list[Hypothesis]]:
         """Up to `n_best` hypotheses per input (greedy when beam == 1), never two that differ only in whitespace
         (so there may be fewer). Multi-sentence inputs are split into sentences, translated in one batch and
-        rejoined (the score is then the sum over the sentences)."""
+        rejoined (the score is then the sum over the sentences). Beam scores are log-probabilities divided by
+        length**length_penalty (END counted; 0: plain sums)."""
         if beam < 1 or n_best < 1:
             raise ConfigError("--beam and --n-best must be at least 1")
         if batch_size < 1:
@@ -372,18 +404,21 @@ class Translator:
             raise ConfigError("--n-best needs beam search: add --beam N with N >= n-best")
         if n_best > beam:
             raise ConfigError(f"--n-best ({n_best}) cannot exceed --beam ({beam})")
+        if not (isinstance(length_penalty, (int, float)) and 0 <= length_penalty <= 10):
+            raise ConfigError(f"--length-penalty must be a number from 0 to 10, got {length_penalty!r}")
         prepared = self.prepare(texts, split=split)
         if warn:
             for message in prepared.warnings:
                 log.warning("%s", message)
-        return self.translate_prepared(prepared, beam=beam, n_best=n_best, batch_size=batch_size)
+        return self.translate_prepared(prepared, beam=beam, n_best=n_best, batch_size=batch_size,
+                                       length_penalty=length_penalty)
 
     def translate_prepared(self, prepared: PreparedInputs, *, beam: int = 1, n_best: int = 1,
-                           batch_size: int = 128) -> list[list[Hypothesis]]:
+                           batch_size: int = 128, length_penalty: float = 1.0) -> list[list[Hypothesis]]:
         """`translate_n_best` of inputs already prepared (`prepare`): the search, and each input's sentences
         joined again."""
         pieces = prepared.sentences
-        results = self._translate_sentences([s for _, s in pieces], beam, n_best, batch_size)
+        results = self._translate_sentences([s for _, s in pieces], beam, n_best, batch_size, length_penalty)
         joined: list[list[Hypothesis]] = [[] for _ in range(prepared.count)]
         by_input: dict[int, list[list[Hypothesis]]] = {}
         for (i, _), hyps in zip(pieces, results):
@@ -457,19 +492,26 @@ class Translator:
             return "".join(self.target_vocab.tokens[t] for t in tokens)
         return self.target_vocab.decode(tokens)
 
-    def _translate_sentences(self, sentences: list[str], beam: int, n_best: int,
-                             batch_size: int) -> list[list[Hypothesis]]:
+    def _translate_sentences(self, sentences: list[str], beam: int, n_best: int, batch_size: int,
+                             length_penalty: float = 1.0) -> list[list[Hypothesis]]:
         results: list[list[Hypothesis]] = [[] for _ in sentences]
         stop_repeats = not self.keras_compat
+        search = getattr(self.engine, "search", None)  # an engine with a search of its own (CTranslate2)
         for batch in _batches_by_length([len(s) for s in sentences], batch_size):
             src, lengths = self._encode_sources([sentences[i] for i in batch])
             limits = self._limits(lengths)
-            if beam == 1:
-                outs = greedy_decode(self.engine, src, lengths, limits, stop_repeats=stop_repeats)
-                for i, tokens in zip(batch, outs):
-                    results[i] = [Hypothesis(self._text(tokens), float("nan"))]
-                continue
-            outs = beam_search(self.engine, src, lengths, limits, beam=beam, n_best=None, stop_repeats=stop_repeats)
+            if search is not None:
+                found = search(src, lengths, limits, beam=beam, length_penalty=length_penalty)
+                finished = iter(finish_tokens([tokens for hyps in found for tokens, _ in hyps],
+                                              [int(limit) for hyps, limit in zip(found, limits) for _ in hyps],
+                                              stop_repeats))
+                outs = [[(next(finished), score) for _, score in hyps] for hyps in found]
+            elif beam == 1:
+                outs = [[(tokens, float("nan"))]
+                        for tokens in greedy_decode(self.engine, src, lengths, limits, stop_repeats=stop_repeats)]
+            else:
+                outs = beam_search(self.engine, src, lengths, limits, beam=beam, n_best=None,
+                                   length_penalty=length_penalty, stop_repeats=stop_repeats)
             for i, hyps in zip(batch, outs):
                 distinct: dict[str, Hypothesis] = {}  # best first: the first of each whitespace-collapsed text
                 for tokens, score in hyps:
@@ -493,6 +535,9 @@ def attention_weights(translator: Translator, sentence: str) -> tuple[list[str],
     one attention; for a Transformer these are the last decoder layer's cross-attention weights, averaged over its
     heads.
     """
+    if not hasattr(translator.engine, "step"):
+        raise ConfigError(f"the {translator.engine.name} engine runs its own search and shows no attention here: "
+                          "show it with the model directory, or its ONNX export")
     if not translator.info.model.has_attention:
         raise ConfigError("this model has no attention weights to show (it was trained with --attention none); "
                           "train one with --attention luong")

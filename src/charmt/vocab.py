@@ -252,6 +252,21 @@ class SubwordVocab:
         return self._processor.Decode(_text_ids(ids))
 
 
+# How a character vocabulary's specials are written where tokens are strings (CTranslate2's vocabularies, Argos
+# Translate's SentencePiece pieces): the names SubwordVocab's pieces have.
+_PIECE_SPECIALS = dict(zip(SPECIALS, _SUBWORD_SPECIALS))
+
+
+def piece_strings(vocab: Vocab | SubwordVocab) -> list[str]:
+    """The token of each id as SentencePiece writes it, which CTranslate2 and Argos Translate read: subword pieces
+    as they are; characters with a space as "▁", the special tokens as "<pad>", "<unk>", "<s>" and "</s>", and a
+    literal "▁" (which would be read as a space) as "<U+2581>". Distinct for distinct ids."""
+    if isinstance(vocab, SubwordVocab):
+        return list(vocab.tokens)
+    names = {**_PIECE_SPECIALS, " ": _SPACE_PIECE, _SPACE_PIECE: "<U+2581>"}
+    return [names.get(token, token) for token in vocab.tokens]
+
+
 def _quiet_sentencepiece() -> None:
     """Keep SentencePiece's C++ logging (to stderr, process-wide) off: the library must not print."""
     import sentencepiece as spm

@@ -161,7 +161,8 @@ async def attention(body: AttentionRequest, request: Request) -> AttentionRespon
     model = _model(server, body.source, body.target)
     if not model.has_attention:
         raise Refusal(409, f"model {model.name!r} has no attention weights to show (it was trained with --attention "
-                           "none); serve a model trained with --attention luong")
+                           "none, or is a CTranslate2 export, whose search the display cannot drive); serve a model "
+                           "directory with attention")
     server.limits.check_texts([body.text])
     server.check_key_chars(body.api_key, len(body.text))
     if not body.text.split():

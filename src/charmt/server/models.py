@@ -1,10 +1,10 @@
 """The models a server serves: which directories, which language pairs, loaded once each.
 
 `charmt serve DIR` serves every complete model in DIR: a folder whose config.json has no weights beside it yet (a
-training run in progress) or an ONNX export missing a graph is skipped with a warning. An ONNX export and the model
-it was exported from (its config.json says `"export": {"from": "<the model's folder name>"}`) are one model in two
-forms, not two models for one pair: the server serves one of them and says which. Two different models for one pair
-are refused.
+training run in progress) or an export missing a file is skipped with a warning. An export (ONNX or CTranslate2)
+and the model it was exported from (its config says `"export": {"from": "<the model's folder name>"}`) are one model
+in two forms, not two models for one pair: the server serves one of them and says which. Two different models for
+one pair are refused.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ class ServedModel:
 
     @property
     def has_attention(self) -> bool:
-        return self.translator.info.model.has_attention
+        # CTranslate2 runs its own search, which the attention display does not drive.
+        return self.translator.info.model.has_attention and hasattr(self.translator.engine, "step")
 
     def memory_mb(self) -> float:
-        """What the engine says its weights take (for an ONNX export, its graphs; int8 ones are smaller)."""
+        """What the engine says its weights take (for an export, its graphs or model.bin; int8 ones are smaller)."""
         return self.translator.engine.memory_bytes() / 2**20
 
     def describe(self) -> dict:
@@ -63,7 +64,7 @@ _PAIR = re.compile(r"(?P<path>.+)=(?P<source>[^=:/\\]+):(?P<target>[^=:/\\]+)")
 class _Found:
     directory: Path
     pair: tuple[str, str]
-    exported_from: str | None  # an ONNX export: the folder name of the model it was exported from
+    exported_from: str | None  # an export: the folder name of the model it was exported from
 
 
 def _parse_spec(spec: str) -> tuple[Path, tuple[str, str] | None]:
@@ -79,20 +80,23 @@ def _incomplete(directory: Path, config: dict) -> str | None:
     from ..checkpoint import WEIGHTS_FILE
     from ..onnx_engine import ENCODER_FILE, STEP_FILE
 
-    if isinstance(config.get("export"), dict):
-        missing = [name for name in (ENCODER_FILE, STEP_FILE) if not (directory / name).is_file()]
-        return f"an incomplete ONNX export (no {' or '.join(missing)})" if missing else None
+    export = config.get("export")
+    if isinstance(export, dict):
+        kind, files = (("CTranslate2", ["model.bin"]) if export.get("engine") == "ct2"
+                       else ("ONNX", [ENCODER_FILE, STEP_FILE]))
+        missing = [name for name in files if not (directory / name).is_file()]
+        return f"an incomplete {kind} export (no {' or '.join(missing)})" if missing else None
     if not (directory / WEIGHTS_FILE).is_file():
         return f"config.json but no {WEIGHTS_FILE} (a training run that has not saved yet?)"
     return None
 
 
 def _read(directory: Path, pair: tuple[str, str] | None, *, skip_incomplete: bool) -> _Found | None:
-    from ..checkpoint import CONFIG_FILE, load_info, read_json
+    from ..checkpoint import config_path, load_info, read_json
 
     try:
         info: ModelInfo = load_info(directory)
-        config = read_json(directory / CONFIG_FILE)
+        config = read_json(config_path(directory))
     except ModelFormatError as err:
         if not skip_incomplete:
             raise
@@ -113,7 +117,7 @@ def _read(directory: Path, pair: tuple[str, str] | None, *, skip_incomplete: boo
 def find_models(specs: list[str], *, prefer_export: bool = True) -> list[tuple[Path, tuple[str, str]]]:
     """(model directory, (source, target)) for each `DIR[=SRC:TGT]`; a directory that is not a model but holds
     models stands for all of its complete ones. Refuses models without language codes and two models for one pair;
-    of an ONNX export and its source model, keeps the export (`prefer_export`) or the source, with a warning."""
+    of an export and its source model, keeps the export (`prefer_export`) or the source, with a warning."""
     from ..checkpoint import is_model_dir
 
     found: list[_Found] = []
@@ -143,7 +147,7 @@ def find_models(specs: list[str], *, prefer_export: bool = True) -> list[tuple[P
             raise ConfigError(f"{other.directory} and {model.directory} both translate {model.pair[0]} to "
                               f"{model.pair[1]}; serve one model per language pair")
         chosen = export if prefer_export else source
-        log.warning("%s is an ONNX export of %s (both %s->%s): serving %s; name one of them to choose",
+        log.warning("%s is an export of %s (both %s->%s): serving %s; name one of them to choose",
                     export.directory, source.directory, *model.pair, chosen.directory)
         kept[model.pair] = chosen
     chosen_dirs = {id(m) for m in kept.values()}
