@@ -376,7 +376,8 @@ def cmd_serve(args) -> int:
     from .server import Limits, create_app, load_models, serve
 
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_pieces=args.max_pieces,
-                    max_queue=args.max_queue, timeout_s=args.timeout, beam=args.beam)  # checked before loading
+                    max_queue=args.max_queue, timeout_s=args.timeout, beam=args.beam,
+                    length_penalty=args.length_penalty)  # checked before loading
     api_keys = None
     if args.api_keys:
         from .server.keys import ApiKeys
@@ -565,6 +566,8 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
                         "[CHARACTERS_PER_REQUEST]] (default: no key needed)")
     p.add_argument("--beam", type=int, default=1,
                    help=f"beam size of LibreTranslate's /translate, 1 to {MAX_BEAM} (default: 1, greedy)")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
+                   help="beam scores are log-probabilities / length**ALPHA (default: 1; Argos Translate's: 0.2)")
     g = p.add_argument_group("limits (GET /health shows them)")
     g.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
                    help=f"texts per request (default: {DEFAULT_MAX_TEXTS})")

@@ -277,7 +277,7 @@ class Admission:
         try:
             results = model.translator.translate_n_best(
                 texts, beam=chunk[0][0].beam, n_best=max(job.n_best for job, _, _ in chunk),
-                batch_size=self.chunk_work, split=True, warn=False)
+                batch_size=self.chunk_work, split=True, warn=False, length_penalty=self.limits.length_penalty)
         except Exception as err:  # noqa: BLE001
             if len(chunk) > 1:  # which request holds the text that fails? each alone, so only that one fails
                 for part in chunk:

@@ -3,6 +3,7 @@
     --max-texts   texts per request                  --max-pieces  model inputs per request (lines, sentences)
     --max-chars   characters per text                --max-queue   requests waiting per model
     --beam        LibreTranslate's beam size         --timeout     seconds a request may take in all
+    --length-penalty  every beam search's: scores / length**ALPHA
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Limits:
     max_queue: int = DEFAULT_MAX_QUEUE
     timeout_s: float = DEFAULT_TIMEOUT_S
     beam: int = 1  # the LibreTranslate API's beam size (its requests cannot choose one)
+    length_penalty: float = 1.0  # every beam search's (Argos Translate's is 0.2)
 
     def __post_init__(self):
         for name in ("max_texts", "max_chars", "max_pieces", "max_queue"):
@@ -70,6 +72,8 @@ class Limits:
             raise ConfigError(f"--timeout must be more than 0 seconds, got {self.timeout_s}")
         if (problem := search_problem(self.beam, 1)) is not None:
             raise ConfigError(f"--{problem}")
+        if not 0 <= self.length_penalty <= 10:
+            raise ConfigError(f"--length-penalty must be from 0 to 10, got {self.length_penalty}")
 
     def check_texts(self, texts: list[str]) -> None:
         """--max-texts and --max-chars, as 413 with a remedy."""
