@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import unicodedata
@@ -40,6 +41,8 @@ from . import checkpoint as ckpt
 from .errors import ConfigError
 from .languages import name_of
 from .vocab import SubwordVocab, Vocab
+
+log = logging.getLogger("charmt")
 
 PACKAGE_VERSION = "1.0"
 ARGOS_VERSION = "1.11"  # the argostranslate release whose format this is
@@ -66,6 +69,13 @@ def export_argos(model_dir: str | os.PathLike, path: str | os.PathLike, *, quant
     if not source or not target:
         raise ConfigError(f"{model_dir} does not say which languages it translates (its training file's name did "
                           "not say them), and an Argos package must: train it with --source-lang and --target-lang")
+    if not isinstance(info.target_vocab, SubwordVocab):
+        # Argos joins the pieces of a paragraph's sentences and lets each piece's "▁" make the spaces; a subword
+        # translation begins with one, a character translation does not, and a space cannot be added without
+        # changing what the decoder sees (CTranslate2 writes out target-prefix tokens, never its start token).
+        log.warning("%s translates characters: Argos Translate and LibreTranslate will join the sentences of a "
+                    "paragraph without a space between them (subword models, --units subword, do not have this "
+                    "problem)", model_dir)
     folder = f"translate-{source}_{target}-{PACKAGE_VERSION.replace('.', '_')}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / folder
