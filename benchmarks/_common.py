@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the machine's state, timing statistics, the seed data, FLOP counts, results."""
+"""Shared by the benchmark scripts: the machine's state, timing statistics, whole processes, exports, the seed data,
+FLOP counts, results."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -138,9 +140,51 @@ def load_seed_selection(data: str):
     return selection, Vocab.build(p.source for p in pairs), Vocab.build(p.target for p in pairs)
 
 
-def save_results(out: Path, name: str, results: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
+def run_process(args: list[str]) -> float:
+    """Wall seconds of a whole process (imports and model loading included); stops the benchmark if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
+    return seconds
+
+
+def rate(function, translator, sentences: int) -> float:
+    """Sentences per second of `function(translator)`, which translates `sentences` sentences."""
+    start = time.perf_counter()
+    function(translator)
+    return sentences / (time.perf_counter() - start)
+
+
+def export_once(model_dir: str | os.PathLike, out: Path, engine: str, *, int8: bool = False,
+                quantization: str = "float32") -> Path:
+    """`out`, an export of `model_dir` (engine "onnx", with `int8`, or "ct2", with `quantization`), written with
+    charmt.export unless a complete export of that kind, newer than the model, is there already."""
+    from charmt.checkpoint import CONFIG_FILE, WEIGHTS_FILE, config_path, read_json
+    from charmt.export import export_ctranslate2, export_onnx
+
+    config = config_path(out)
+    if config.is_file():
+        done = read_json(config).get("export") or {}
+        kind = done.get("int8", False) == int8 if engine == "onnx" else done.get("quantization") == quantization
+        model_files = [Path(model_dir) / name for name in (WEIGHTS_FILE, CONFIG_FILE)]
+        newest = max((f.stat().st_mtime for f in model_files if f.is_file()), default=0.0)
+        if done.get("engine") == engine and kind and config.stat().st_mtime >= newest:
+            print(f"reusing the export {out}", flush=True)
+            return out
+    print(f"exporting {model_dir} to {out}", flush=True)
+    if engine == "onnx":
+        return export_onnx(model_dir, out, int8=int8, overwrite=True)
+    return export_ctranslate2(model_dir, out, quantization=quantization, overwrite=True)
+
+
+def write_json(path: Path, results: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"results written to {path}", flush=True)
     return path
+
+
+def save_results(out: Path, name: str, results: dict) -> Path:
+    return write_json(out / f"{name}.json", results)

@@ -22,12 +22,20 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS_DIR, environment, load_now, print_environment, save_results
+from _common import (
+    RESULTS_DIR,
+    environment,
+    export_once,
+    load_now,
+    print_environment,
+    rate,
+    run_process,
+    save_results,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARMT = str(Path(sys.executable).parent / "charmt")
@@ -52,21 +60,6 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_process(args: list[str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
-    return seconds
-
-
-def export(model: str, out: Path, int8: bool) -> Path:
-    if not (out / "config.json").is_file():
-        run_process([CHARMT, "-q", "export", model, "--onnx", str(out), "--overwrite", *(["--int8"] if int8 else [])])
-    return out
-
-
 def translators(model: str, exports: dict[str, Path], threads: int) -> dict:
     from charmt.decode import Translator
     from charmt.onnx_engine import OnnxEngine
@@ -81,12 +74,6 @@ def translators(model: str, exports: dict[str, Path], threads: int) -> dict:
     }
 
 
-def rate(function, translator, sentences: int) -> float:
-    start = time.perf_counter()
-    function(translator)
-    return sentences / (time.perf_counter() - start)
-
-
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -99,8 +86,8 @@ def main() -> None:
 
     pairs = read_corpus(args.test).pairs
     sources = list(dict.fromkeys(p.source.strip() for p in pairs))
-    exports = {kind: export(args.model, args.exports / f"{Path(args.model).name}-{kind}", kind == "int8")
-               for kind in ("fp32", "int8")}
+    exports = {kind: export_once(args.model, args.exports / f"{Path(args.model).name}-{kind}", "onnx",
+                                 int8=kind == "int8") for kind in ("fp32", "int8")}
     engines = translators(args.model, exports, args.threads)
     for translator in engines.values():  # warm-up (first calls build the inference modules, onnxruntime's plans)
         translator.translate(sources[:8])
