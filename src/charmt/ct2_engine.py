@@ -12,6 +12,7 @@ or its cap keeps CTranslate2's score). Imports neither PyTorch nor onnxruntime (
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +56,19 @@ class Ct2Engine:
         if not self.file.is_file():
             raise ModelFormatError(f"{self.file} is missing: {directory} is not a complete CTranslate2 export; "
                                    "export the model again (charmt export MODEL --ctranslate2 DIR)")
+        # CTranslate2 sets its intra-op threads as OpenMP's process-wide count, which PyTorch's OpenMP also reads:
+        # a PyTorch model in the same process (a server holding both) would drop to one thread. Put it back.
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
         try:
             self.translator = ctranslate2.Translator(str(directory), device=kind, device_index=int(index or 0),
                                                      intra_threads=threads, inter_threads=1)
         except (RuntimeError, ValueError) as err:
             raise ModelFormatError(f"{directory} cannot be loaded by CTranslate2 {ctranslate2.__version__} "
                                    f"({err}); export the model again") from None
+        finally:
+            if torch_threads is not None and torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
         self.description = f"CTranslate2 {self.translator.compute_type}"
         self.source_tokens = piece_strings(self.info.source_vocab)
         target_tokens = piece_strings(self.info.target_vocab)
