@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup setup-dev demo test test-fast lint browser-deps bench
+.PHONY: setup setup-dev demo test test-fast lint browser-deps bench client-venvs
 
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.dev-installed
@@ -36,6 +36,11 @@ test-fast: setup-dev
 
 lint: setup-dev
 	$(BIN)/ruff check src tests benchmarks tools
+
+# The real Argos Translate and LibreTranslate (tests/test_argos_clients.py), each in its own virtual environment
+# under .venv-clients/ (their pins clash with charmt's). The tests make them when missing too; CI makes them first.
+client-venvs: setup-dev
+	TORCH_INDEX='$(TORCH_INDEX)' $(BIN)/python tests/test_argos_clients.py
 
 # Debian's Chromium for the browser test (tests/test_browser.py skips without it).
 browser-deps:
