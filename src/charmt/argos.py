@@ -15,8 +15,7 @@ translate_batch (beam 4, length penalty 0.2, unknown outputs replaced from the s
 decode_pieces, first space dropped. So the pieces must be charmt's units, written as the CTranslate2 folder's
 vocabulary writes them (vocab.piece_strings): a subword model ships its own SentencePiece model; a character
 model ships a SentencePiece "char" model that cuts text into single characters (a space as "▁"), with charmt's
-input normalisation (NFC, typographic spaces where the model was trained so, runs of whitespace as one space) as
-its normalisation rules.
+input normalisation (NFC, every whitespace character as a space, runs of them as one) as its normalisation rules.
 
 Without a sentence splitter in the package, Argos downloads MiniSBD's model for the language (LibreTranslate always
 uses MiniSBD). MiniSBD models are ONNX graphs that label each character of a paragraph; the one written here is a
@@ -125,7 +124,7 @@ def sentencepiece_model(info: ckpt.ModelInfo) -> bytes:
     import sentencepiece as spm
 
     chars = sorted((set(info.source_vocab.chars) | set(info.target_vocab.chars)) - {"\u2581"})
-    rules = _normalisation_rules(bool(info.selection.get("canonical_spaces")))
+    rules = _normalisation_rules()
     model = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp:
         rule_file = Path(tmp) / "rules.tsv"
@@ -140,20 +139,18 @@ def sentencepiece_model(info: ckpt.ModelInfo) -> bytes:
     return model.getvalue()
 
 
-def _normalisation_rules(canonical_spaces: bool) -> str:
+def _normalisation_rules() -> str:
     """SentencePiece normalisation rules (source code points TAB target code points, in hex) doing what charmt
-    does to an input before its characters: canonical composition (NFC), other whitespace as a space, and the
-    typographic spaces as plain ones where the model was trained so."""
+    does to an input before its characters: canonical composition (NFC), and every whitespace character as a space
+    (vocab.collapse_whitespace: what str.split splits at, the typographic spaces and U+3000 among them, whether or
+    not the model was trained with canonical spaces)."""
     rules = {}
     for code in range(0x110000):
         char = chr(code)
         decomposed = unicodedata.normalize("NFD", char)
         if decomposed != char and unicodedata.normalize("NFC", decomposed) == char:
             rules[decomposed] = char
-    for char in "\t\n\r\v\f\u0085\u2028\u2029":
-        rules[char] = " "
-    if canonical_spaces:
-        for char in "\u00a0\u2007\u2008\u2009\u200a\u202f\u205f":
+        if char.isspace() and char != " ":
             rules[char] = " "
     return "".join(f"{' '.join(f'{ord(c):X}' for c in source)}\t{' '.join(f'{ord(c):X}' for c in target)}\n"
                    for source, target in sorted(rules.items()))

@@ -83,8 +83,10 @@ class Ct2Engine:
         batch's longest cap (decode.finish_tokens cuts each to its own)."""
         tokens = self.source_tokens
         source = [[tokens[i] for i in row[:length]] for row, length in zip(src.tolist(), src_lengths.tolist())]
-        options = {"max_decoding_length": int(np.max(max_lengths)), "return_end_token": True,
-                   "max_batch_size": 32, "length_penalty": length_penalty}
+        # Unlike CTranslate2's defaults, as decode.py's searches: END may win the first step (an empty output), and
+        # a source is never cut (after 1024 units by default).
+        options = {"max_decoding_length": int(np.max(max_lengths)), "min_decoding_length": 0, "max_input_length": 0,
+                   "return_end_token": True, "max_batch_size": 32, "length_penalty": length_penalty}
         if beam == 1:
             results = self.translator.translate_batch(source, beam_size=1, **options)
             return [[(self._ids(result.hypotheses[0]), float("nan"))] for result in results]

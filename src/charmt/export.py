@@ -52,6 +52,7 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, int
             raise ConfigError(f"the exported {name} is not valid ONNX ({err}); please report this") from None
         if int8:
             graphs[name] = _quantized(graph)
+    _remove_previous_export(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, graph in graphs.items():
         ckpt.atomic_write(out / name, graph)
@@ -73,6 +74,19 @@ def _output_dir(model_dir, out_dir, overwrite: bool) -> Path:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty; choose another directory or add --overwrite")
     return out
+
+
+# The files an export writes. --overwrite removes an earlier export's before writing another, as a file left over
+# would be read as part of the new one: an ONNX export beside a CTranslate2 export's charmt.json is taken for that
+# export, and CTranslate2 reads a subword export's shared_vocabulary.json before a character export's own two.
+_EXPORT_FILES = (ENCODER_FILE, STEP_FILE, ckpt.CONFIG_FILE, ckpt.CT2_CONFIG_FILE, "model.bin",
+                 *(f"{kind}_vocabulary.{ext}" for kind in ("shared", "source", "target") for ext in ("json", "txt")),
+                 ckpt.SPLIT_FILE, ckpt.CARD_FILE, ckpt.SUBWORD_FILE)
+
+
+def _remove_previous_export(out: Path) -> None:
+    for name in _EXPORT_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _finish(model_dir, out: Path, info, config_name: str, export: dict) -> None:
@@ -166,6 +180,7 @@ def export_ctranslate2(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     spec = _transformer_spec(model, info)
     spec.validate()
     spec.optimize(quantization=quantization)
+    _remove_previous_export(out)
     out.mkdir(parents=True, exist_ok=True)
     spec.save(str(out))
     try:  # the check: CTranslate2 loads it and runs it
