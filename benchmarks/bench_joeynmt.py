@@ -5,9 +5,14 @@ by `charmt split`, decoded greedy and with beam 5, scored with charmt's own mult
     .venv/bin/python benchmarks/bench_joeynmt.py /tmp/split/fra.train.txt /tmp/split/fra.test.txt \\
         --minutes 10 --out benchmarks/results/joeynmt-10min                                   # and --minutes 60
     # French to English: split with `charmt split --reverse` (multi-reference in English), then --direction fr-en
-    # smoke test (2,000 pairs, 1 minute, a validation every 4 steps): about 2 minutes, the first run 2 more
-    .venv/bin/python benchmarks/bench_joeynmt.py /tmp/tiny.fra.train.txt /tmp/split/fra.test.txt --minutes 1 \
+    # smoke test (2,000 pairs, 1 minute, a validation every 4 steps): 2-4 minutes, the first run 2 more; a test file
+    # of 300 pairs, for a barely trained model may write 100 pieces a sentence (2,000 sentences: 5 minutes or more);
+    # --venv /other/checkout/.venv-joeynmt reuses an environment made elsewhere
+    head -300 /tmp/split/fra.test.txt > /tmp/tiny.fra.test.txt
+    .venv/bin/python benchmarks/bench_joeynmt.py /tmp/tiny.fra.train.txt /tmp/tiny.fra.test.txt --minutes 1 \\
         --validation-freq 4 --out /tmp/joeynmt-smoke --force
+    # (the head of a split file holds its shortest pairs and few distinct sources: `shuf -n 20000` of it gives some
+    # 175 validation sentences of ordinary length, for timing a validation)
 
 The same split, the same machine and the same budgets as `charmt train --preset base` and `--preset transformer`
 (issue 23). JoeyNMT is kept out of charmt's dependencies: it lives in its own virtual environment, .venv-joeynmt/
@@ -24,15 +29,62 @@ What runs where:
 - .venv-joeynmt/bin/python running this same file as `_joey prepare|decode` (JoeyNMT's interpreter): the joint
   SentencePiece unigram model of 8,000 pieces trained on the training split only (as JoeyNMT's
   scripts/build_vocab.py trains it), the YAML config, and decoding with JoeyNMT's own `predict`;
-- `python -m joeynmt train config.yaml --skip-test`: the training, stopped at the budget with SIGINT (JoeyNMT's
-  documented way to stop: its KeyboardInterrupt handler saves the current weights as latest.ckpt; best.ckpt is the
-  checkpoint of the best validation chrF so far).
+- `python -m joeynmt train config.yaml --skip-test`: the training, stopped at the budget (below); best.ckpt is the
+  checkpoint of the best validation chrF so far.
 
 The budget counts from JoeyNMT's "EPOCH 1" line (after it has read and tokenized the data and built the model, as
 charmt's clock starts at its first epoch) to the SIGINT, and includes JoeyNMT's periodic validations, as charmt's
 includes its per-epoch ones. After the stop, the candidates best.ckpt and latest.ckpt (the weights at the budget,
-which charmt would also validate once more) are both decoded greedy on the validation sentences and the one with
-the higher multi-reference chrF is kept, as charmt keeps its best model; the test set is decoded with that one.
+which charmt would also validate once more) are both decoded greedy on the first 1,000 validation sentences
+(charmt's eval_sentences; outside the budget) and the one with the higher multi-reference chrF is kept, as charmt
+keeps its best model; the test set is decoded with that one.
+
+Validations (--validation-sentences 200, --validation-freq 500). JoeyNMT validates every N steps by decoding its
+whole dev set greedy, and its Transformer decoder recomputes the whole prefix at each output piece, so a
+half-trained model that repeats itself up to max_output_length (100 pieces) is slow to validate. In the first
+10-minute run on 2 cores (the machine of charmt's figures; 1,000 sentences every 100 steps) a step took 0.92 s and a
+validation 5.5 s at step 100, 10.5 s at 200, 179 s at 300 and 135 s at 400 (outputs like "Il a a à la la la ..."):
+about 40% of the budget. Now JoeyNMT's dev set is the first 200 of those validation sentences (chrF on 200 sentences
+is enough to rank checkpoints; the final choice is made on 1,000, outside the budget) and it validates every 500
+steps. The worst validation of that run, 0.18 s a sentence, is 36 s for 200, some 40 steps (its step-400 model,
+decoding the first 200 alone on the idle machine: 30 s): 7% of the training time (36 s in 500 x 0.92 + 36 s), and
+much less once outputs end where they should. A step's cost and a validation's both scale with the machine's speed,
+so the share holds on other CPUs at the same --threads. The smoke tests (a busy 2-core machine, 175 validation
+sentences) saw 1.2-8 s for a model whose outputs stop at once, and 37-54+ s for a step-4 model that writes 100
+pieces for every sentence while a step took 1-5.5 s: that worst case, 0.31 s a sentence, would be 62 s for 200, some
+11% at 500 steps of 1 s, but a busy machine slows decoding more than training steps (the step-400 model's 200
+sentences took 143 s while it was busy). In a 10-minute budget (some 600 steps) that is one validation, at step 500,
+then latest at the budget; in an hour some seven. Each validation's wall time (JoeyNMT's time stamps, from its
+"Predicting" line to its last line before the next step, or to the interrupt that cut it short) and their share of
+the budget are in the result (training.validations, validation_s_in_budget, validation_share): check the share
+before comparing figures, and give a larger --validation-freq if it is high.
+
+The stop is hard and bounded. At the budget the script records the step reached (the last step line read: JoeyNMT
+logs every step, logging_freq 1) and sends SIGINT to JoeyNMT's process group: JoeyNMT's KeyboardInterrupt handler
+logs "Interrupt at ... step N", saves the current weights as N.ckpt (latest.ckpt) and exits, once the step's
+backward pass returns (1.2-3.8 s after the SIGINT in the smoke tests, on a busy 2-core machine). If it is still
+running --grace seconds (30) later, SIGTERM goes to the group, and SIGKILL 5 s after that: JoeyNMT is gone at most
+grace + 5 s after the budget. The first run's SIGINT was, by all signs, lost because JoeyNMT inherited SIGINT
+*ignored*: it ran from a batch script started in the background, and a process that a non-interactive shell starts
+in the background gets SIGINT ignored, which Python then leaves so (no KeyboardInterrupt handler); its log has no
+"Interrupt at" line and it trained on to step 500, past the budget at step 400. The child now gets SIGINT's default
+back before exec, and the result says whether it caught SIGINT (/proc SigCgt) and how it stopped (training.stop:
+graceful, the signals sent and when, the step at the budget and JoeyNMT's interrupt step, when training ended, the
+checkpoint was saved and the process exited, steps logged after the budget).
+
+Only checkpoints that did not train past the budget are candidates: a checkpoint is named by its step, and any
+N.ckpt with N above the step reached at the budget (say the SIGINT were lost again, and JoeyNMT validated or saved
+after it) is left out, as is one that a SIGTERM or SIGKILL cut short while being written (torch.save writes a zip
+archive in place: one without its central directory or with a bad CRC is not whole); best is then the best-scoring
+whole checkpoint left before the budget (keep_best_ckpts 2: one best saved after the budget does not delete the one
+before), latest the newest. They are listed in checkpoint.left_out. The step in flight at the SIGINT is discarded by
+the interrupt (the KeyboardInterrupt comes when its forward or backward pass returns, before the optimizer's
+update), so JoeyNMT's interrupt step N is the number of updates made before the SIGINT and N.ckpt holds the weights
+at the budget; when N is one more than the last step line read (a step that ended just before the SIGINT, its line
+read too late or never written), N is taken as the step at the budget. Only a SIGINT that lands inside
+optimizer.step, a few ms of a ~1 s step, could leave part of one more update in the weights. The training's peak
+memory is the kernel's peak resident set of JoeyNMT's process (wait4's ru_maxrss, exact rather than polled):
+training.peak_rss_mb.
 
 Prints one JSON line with everything and writes it to OUT/result.json.
 """
@@ -41,7 +93,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -50,6 +101,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +118,9 @@ RECIPE = {
     "tied_embeddings": True, "warmup_steps": 1000, "schedule": "warmupinversesquareroot", "label_smoothing": 0.1,
     "batch_tokens": 2048, "vocab_size": 8000, "model_type": "unigram",
 }
-EVAL_SENTENCES = 1000  # validation sentences decoded at each validation (charmt's base/transformer eval_sentences)
+EVAL_SENTENCES = 1000  # validation sentences for best against latest, after training (charmt's eval_sentences)
+VALIDATION_SENTENCES = 200  # of them, those JoeyNMT decodes at each of its validations, inside the budget
+VALIDATION_FREQ = 500  # steps between them: some 7% of the training time at worst (the docstring)
 
 
 # --- JoeyNMT's side (runs under .venv-joeynmt/bin/python; imports nothing of charmt) ------------------------------
@@ -133,8 +187,10 @@ def joey_prepare(spec: dict) -> dict:
             "loss": "crossentropy", "label_smoothing": RECIPE["label_smoothing"], "normalization": "tokens",
             "batch_size": RECIPE["batch_tokens"], "batch_type": "token", "batch_multiplier": 1,
             "epochs": 100000,  # the budget stops it
-            "validation_freq": validation_freq, "logging_freq": math.gcd(100, validation_freq),
-            "early_stopping_metric": "chrf", "keep_best_ckpts": 1, "shuffle": True, "overwrite": False,
+            # a log line every step: the step reached at the budget is read exactly
+            "validation_freq": validation_freq, "logging_freq": 1,
+            # 2: a best checkpoint from before the budget survives one saved after it (if the stop ever lags)
+            "early_stopping_metric": "chrf", "keep_best_ckpts": 2, "shuffle": True, "overwrite": False,
             "print_valid_sents": [0, 1, 2],
         },
         "model": {
@@ -280,8 +336,10 @@ def prepare_data(args, work: Path) -> dict:
 
     write(f"train.{src}", [p.source for p in chosen.train])
     write(f"train.{tgt}", [p.target for p in chosen.train])
-    write(f"dev.{src}", [p.source for p in eval_pairs])  # JoeyNMT validates on one reference a sentence
-    write(f"dev.{tgt}", [refs[0] for refs in eval_refs])
+    # JoeyNMT's periodic validations (inside the budget): the first VALIDATION_SENTENCES of them, one reference each
+    dev_pairs, dev_refs = eval_pairs[:args.validation_sentences], eval_refs[:args.validation_sentences]
+    write(f"dev.{src}", [p.source for p in dev_pairs])
+    write(f"dev.{tgt}", [refs[0] for refs in dev_refs])
     write(f"devsrc.{src}", [p.source for p in eval_pairs])  # sources alone, for choosing best vs latest
     test = read_corpus(args.test, reverse=args.reverse)
     test_unique, test_refs = references_by_source(test.pairs)
@@ -294,7 +352,8 @@ def prepare_data(args, work: Path) -> dict:
         "summary": {
             "train_file": str(args.train), "train_sha256": corpus.sha256, "test_file": str(args.test),
             "test_sha256": test.sha256, "train_pairs": len(chosen.train), "validation_pairs": len(chosen.validation),
-            "validation_sentences_decoded": len(eval_pairs), "skipped": chosen.skipped,
+            "validation_sentences_decoded": len(eval_pairs), "validation_sentences_in_training": len(dev_pairs),
+            "skipped": chosen.skipped,
             "test_pairs": len(test.pairs), "test_sentences": len(test_unique),
             "test_references_per_sentence": round(len(test.pairs) / len(test_unique), 3),
         },
@@ -322,10 +381,18 @@ STEP_LINE = re.compile(r"Epoch\s+(\d+), Step:\s+(\d+), Batch Loss:\s+([\d.naif]+
 EVAL_LINE = re.compile(r"Evaluation result \(greedy\): (.*), ([\d.]+)\[sec\]")
 GEN_LINE = re.compile(r"Generation took ([\d.]+)\[sec\]")
 INTERRUPT_LINE = re.compile(r"Interrupt at epoch (\d+), step (\d+)\.")
+SAVED_LINE = re.compile(r"Checkpoint saved in (.*?(\d+)\.ckpt)\.")
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - ")
+PREDICT_LINE = re.compile(r"joeynmt\.prediction - Predicting (\d+) example")
+TERM_WAIT = 5.0  # seconds between SIGTERM and SIGKILL
 
 
 class TrainingWatch:
-    """Reads JoeyNMT's training log as it grows: when the first epoch begins, the steps it logs, its validations."""
+    """Reads JoeyNMT's training log as it grows: when the first epoch begins, the steps it logs (each one: logging_freq
+    is 1), its validations, its interrupt and the checkpoints it saves. Times `t` are seconds from the budget's start
+    (from launch before it) as this process reads the lines (every 0.2 s); a validation's wall_s is measured on
+    JoeyNMT's own time stamps, from its "Predicting" line to its last line before the next step (decoding, loss,
+    scores, checkpoint, examples)."""
 
     def __init__(self, path: Path):
         self.reader = path.open(encoding="utf-8", errors="replace")
@@ -335,7 +402,10 @@ class TrainingWatch:
         self.steps: list[dict] = []
         self.validations: list[dict] = []
         self.generation_seconds: list[float] = []
-        self.interrupt_step: int | None = None
+        self.interrupt: dict | None = None
+        self.saved: list[dict] = []
+        self.stamp: float | None = None  # JoeyNMT's time stamp of its last line (seconds since the epoch)
+        self.validating: dict | None = None  # the validation under way
 
     def read(self) -> None:
         lines = (self.partial + self.reader.read()).split("\n")
@@ -343,39 +413,96 @@ class TrainingWatch:
         for line in lines:
             self._line(line)
 
+    def elapsed(self) -> float:
+        return round(time.monotonic() - (self.started or self.launched), 1)
+
+    def close_validation(self, end: float | None = None) -> None:
+        """The validation under way ends at END (a time stamp; default: JoeyNMT's last line)."""
+        if self.validating is not None:
+            self.validating["wall_s"] = round((end or self.stamp) - self.validating.pop("start"), 1)
+            self.validating = None
+
     def _line(self, line: str) -> None:
-        now = round(time.monotonic() - (self.started or self.launched), 1)
+        now = self.elapsed()
+        if m := STAMP.match(line):
+            stamp = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
+            if STEP_LINE.search(line):
+                self.close_validation()  # its end: the last line before this one
+            elif INTERRUPT_LINE.search(line):
+                self.close_validation(stamp)  # the SIGINT cut it short: it ran until this line
+            self.stamp = stamp
         if self.started is None and re.search(r" - EPOCH 1\s*$", line):
             self.started = time.monotonic()
             log(f"JoeyNMT's first epoch began after {self.started - self.launched:.1f} s of setup; the budget runs")
         elif m := STEP_LINE.search(line):
             self.steps.append({"epoch": int(m[1]), "step": int(m[2]), "loss": float(m[3]), "acc": float(m[4]),
                                "tokens_per_s": int(m[5]), "lr": float(m[6]), "t": now})
+        elif (m := PREDICT_LINE.search(line)) and self.started is not None:
+            self.validating = {"step": self.steps[-1]["step"] if self.steps else 0, "sentences": int(m[1]),
+                               "t": now, "start": self.stamp}
+            self.validations.append(self.validating)
         elif m := GEN_LINE.search(line):
             self.generation_seconds.append(float(m[1]))
+            if self.validating is not None:
+                self.validating["decode_s"] = float(m[1])
         elif m := EVAL_LINE.search(line):
             scores = {k: float(v) for k, v in (kv.split(": ") for kv in m[1].split(", "))}
             if "chrf" in scores:  # JoeyNMT reports chrF in [0, 1] (its metrics.chrf), BLEU in [0, 100]
                 scores["chrf"] = round(100 * scores["chrf"], 2)
-            self.validations.append({"step": self.steps[-1]["step"] if self.steps else 0, **scores,
-                                     "decode_s": self.generation_seconds[-1] if self.generation_seconds else None,
-                                     "t": now})
+            if self.validating is not None:
+                self.validating.update(scores)
         elif m := INTERRUPT_LINE.search(line):
-            self.interrupt_step = int(m[2])
+            self.interrupt = {"epoch": int(m[1]), "step": int(m[2]), "t": now}
+        elif m := SAVED_LINE.search(line):
+            self.saved.append({"checkpoint": Path(m[1]).name, "step": int(m[2]), "t": now})
+
+
+def sigint_caught(pid: int) -> bool | None:
+    """Whether the process has a handler for SIGINT (Python's, which raises KeyboardInterrupt), from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _default_sigint() -> None:
+    # In the child, before exec: SIGINT back to its default, so that JoeyNMT's Python installs its KeyboardInterrupt
+    # handler. A process started in the background by a non-interactive shell (`cmd &`, nohup, a batch script)
+    # inherits SIGINT *ignored*, and Python then leaves it ignored: by all signs, how the SIGINT of the first
+    # 10-minute run was lost and JoeyNMT trained on.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send SIG to the process group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def train_under_budget(args, venv: Path, work: Path, env: dict) -> dict:
-    """Run `python -m joeynmt train`, start the clock at its first epoch, SIGINT it when the budget is spent."""
+    """Run `python -m joeynmt train`, start the clock at its first epoch; at the budget, SIGINT it (JoeyNMT saves the
+    current weights as latest.ckpt and exits), and if it is still alive GRACE seconds later, SIGTERM and then SIGKILL
+    its process group. The stop is bounded: the process is gone at most GRACE + 5 s after the budget."""
     train_log = work / "joeynmt-train.log"
     budget = args.minutes * 60
     command = [str(venv_python(venv)), "-m", "joeynmt", "train", str(work / "config.yaml"), "--skip-test"]
     log(f"training for {args.minutes} min: {' '.join(command)} (log: {train_log})")
-    interrupted = None  # when the SIGINT went
-    terminated = False
+    interrupted = None  # when the SIGINT went (monotonic)
+    step_at_budget = None  # the last step JoeyNMT had logged when the SIGINT went
+    signals: list[dict] = []  # the signals sent, with when (seconds after the SIGINT)
+    caught = None
     with train_log.open("w") as logfile:
         watch = TrainingWatch(train_log)
         process = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)  # a Ctrl+C in this terminal reaches only this script
+                                   start_new_session=True,  # its own group: a Ctrl+C here reaches only this script
+                                   preexec_fn=_default_sigint)
+        pgid = process.pid
         try:
             while True:
                 pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -383,52 +510,124 @@ def train_under_budget(args, venv: Path, work: Path, env: dict) -> dict:
                 if pid:
                     break
                 now = time.monotonic()
+                if caught is None and watch.started is not None:
+                    caught = sigint_caught(process.pid)
+                    if caught is False:
+                        log("warning: JoeyNMT does not catch SIGINT; it will be stopped by SIGTERM after the grace")
                 if watch.started is not None and interrupted is None and now - watch.started >= budget:
                     interrupted = now
-                    last = watch.steps[-1]["step"] if watch.steps else "?"
-                    log(f"budget spent: SIGINT to JoeyNMT (step {last} last logged)")
-                    os.kill(process.pid, signal.SIGINT)
-                elif interrupted is not None and not terminated and now - interrupted > args.grace:
-                    log(f"JoeyNMT still running {args.grace} s after SIGINT: SIGTERM")
-                    os.kill(process.pid, signal.SIGTERM)
-                    terminated = True
+                    step_at_budget = watch.steps[-1]["step"] if watch.steps else 0
+                    log(f"budget spent: SIGINT to JoeyNMT (step {step_at_budget} last logged)")
+                    signal_group(pgid, signal.SIGINT)
+                    signals.append({"signal": "SIGINT", "after_s": 0.0})
+                elif interrupted is not None and len(signals) == 1 and now - interrupted > args.grace:
+                    log(f"JoeyNMT still running {args.grace} s after SIGINT: SIGTERM to its process group")
+                    signal_group(pgid, signal.SIGTERM)
+                    signals.append({"signal": "SIGTERM", "after_s": round(now - interrupted, 1)})
+                elif len(signals) == 2 and now - interrupted > args.grace + TERM_WAIT:
+                    log(f"JoeyNMT still running {TERM_WAIT} s after SIGTERM: SIGKILL to its process group")
+                    signal_group(pgid, signal.SIGKILL)
+                    signals.append({"signal": "SIGKILL", "after_s": round(now - interrupted, 1)})
                 elif watch.started is None and now - watch.launched > args.setup_limit:
                     raise SystemExit(f"JoeyNMT did not start training within {args.setup_limit} s; see {train_log}")
                 time.sleep(0.2)
         except BaseException:  # this script stops (Ctrl+C, an error): JoeyNMT must not train on alone
-            process.kill()
+            signal_group(pgid, signal.SIGKILL)
             process.wait()
             raise
+        exited, exited_stamp = time.monotonic(), time.time()
+        if signal_group(pgid, 0):  # anything it started that outlived it
+            signal_group(pgid, signal.SIGKILL)
     watch.read()
     code = os.waitstatus_to_exitcode(status)
-    if code != 0 and watch.interrupt_step is None:
+    if code != 0 and interrupted is None:
         raise SystemExit(f"JoeyNMT training failed (exit {code}); see {train_log}")
-    ended = interrupted if interrupted is not None else time.monotonic()
+    if interrupted is None:  # it ended by itself (the epochs are 100,000: not in these budgets)
+        interrupted = exited
+        step_at_budget = watch.steps[-1]["step"] if watch.steps else 0
+    train_s = interrupted - watch.started if watch.started else 0.0
+    interrupt = watch.interrupt
+    step_logged_at_sigint = step_at_budget
+    if interrupt and interrupt["step"] == step_at_budget + 1:
+        # A caught SIGINT raises KeyboardInterrupt at JoeyNMT's next Python instruction, before any further update
+        # (a forward or backward pass in progress returns first, and the step is dropped): its step is the number of
+        # updates made before the SIGINT. One more than the last line read is a step that ended just before the
+        # SIGINT, its line read too late or never written (the interrupt came between the update and the log).
+        step_at_budget = interrupt["step"]
+    saved_at_stop = [c for c in watch.saved if interrupt and c["t"] >= interrupt["t"]]  # the handler's save
+    graceful = bool(interrupt and saved_at_stop and len(signals) == 1 and code == 0)
+    watch.close_validation(exited_stamp)  # one that a SIGTERM or SIGKILL cut short ran until the exit
+    # the validations' share of the budget: their wall time up to the SIGINT
+    validation_s = sum(max(0.0, min(v["t"] + v.get("wall_s", 0.0), train_s) - v["t"]) for v in watch.validations)
+    times = {s["step"]: s["t"] for s in watch.steps}
+    gaps = sorted(times[k] - times[k - 1] for k in times if k - 1 in times)
     steps = watch.steps
     tokens_per_s = sorted(s["tokens_per_s"] for s in steps)
     return {
         "setup_s": round(watch.started - watch.launched, 1) if watch.started else None,
-        "train_s": round(ended - watch.started, 1) if watch.started else 0.0,
-        "stopped_by": "budget" if interrupted is not None else "JoeyNMT ended itself",
-        "saved_after_sigint_s": round(time.monotonic() - interrupted, 1) if interrupted is not None else None,
-        "exit_code": code,
-        "steps": watch.interrupt_step if watch.interrupt_step is not None else (steps[-1]["step"] if steps else 0),
+        "budget_s": budget,
+        "train_s": round(train_s, 1),  # the budget's start to the SIGINT: the training time reported
+        "stopped_by": "budget" if signals else "JoeyNMT ended itself",
+        "steps": step_at_budget,  # the step reached at the budget
+        "stop": {
+            "graceful": graceful,  # SIGINT alone: JoeyNMT logged its interrupt, saved and exited 0
+            "sigint_caught": caught,  # JoeyNMT's process had a SIGINT handler (/proc SigCgt) when training began
+            "signals": signals,
+            "step_logged_at_sigint": step_logged_at_sigint,  # the last step line read when the SIGINT went
+            "interrupt_step": interrupt["step"] if interrupt else None,  # JoeyNMT's "Interrupt at ... step N"
+            # the actual end of training: JoeyNMT's "Interrupt at" line (seconds after the budget's start)
+            "training_ended_s": interrupt["t"] if interrupt else round(exited - watch.started, 1),
+            "checkpoint_saved_s": saved_at_stop[-1]["t"] if saved_at_stop else None,
+            "exited_s": round(exited - watch.started, 1),
+            "exited_after_sigint_s": round(exited - interrupted, 1),
+            "exit_code": code,
+            "last_step_logged": steps[-1]["step"] if steps else 0,
+            "steps_after_budget": (steps[-1]["step"] if steps else 0) - step_at_budget,
+            "ended_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(exited_stamp)),
+        },
+        "checkpoints_saved": watch.saved,
         "validations": watch.validations,
+        "validation_s_in_budget": round(validation_s, 1),
+        "validation_share": round(validation_s / train_s, 3) if train_s else None,  # of the budget
         "validation_decode_s_total": round(sum(watch.generation_seconds), 1),
+        "step_s_median": round(gaps[len(gaps) // 2], 2) if gaps else None,  # validations' steps included
         "tokens_per_s_median": tokens_per_s[len(tokens_per_s) // 2] if tokens_per_s else None,
         "last_logged": steps[-3:],
+        # the kernel's peak resident set of the training process (wait4's ru_maxrss: exact, not polled)
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
     }
 
 
-def checkpoints(model_dir: Path) -> dict[str, Path]:
-    """The candidates: best.ckpt (best validation chrF) and latest.ckpt (the weights at the stop), resolved."""
+def intact(path: Path) -> bool:
+    """Whether a checkpoint was written whole: torch.save writes a zip archive in place, so a save cut short by the
+    SIGTERM or SIGKILL leaves a file without its central directory, or with a member whose CRC fails."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def checkpoints(model_dir: Path, step_at_budget: int, validations: list[dict]) -> tuple[dict[str, Path], dict]:
+    """The candidates, only among whole checkpoints written at or before the step reached at the budget: latest (the
+    weights at the stop: the checkpoint JoeyNMT saves on the SIGINT, else the newest one left) and best (best.ckpt,
+    JoeyNMT's best validation chrF so far; if it trained past the budget, the best one before it that is left).
+    Returns them and the checkpoints left out: trained past the budget, or cut short by the stop."""
+    files = {int(p.stem): p for p in model_dir.glob("*.ckpt") if p.stem.isdigit()}
+    left_out = {"past_budget": [files[n].name for n in sorted(files) if n > step_at_budget],
+                "not_intact": [files[n].name for n in sorted(files) if n <= step_at_budget and not intact(files[n])]}
+    usable = {n: p for n, p in files.items() if n <= step_at_budget and p.name not in left_out["not_intact"]}
     found = {}
-    for name in ("best", "latest"):
-        link = model_dir / f"{name}.ckpt"
-        if link.exists():
-            found[name] = link.resolve()
-    return found
+    best = model_dir / "best.ckpt"
+    if best.exists() and best.resolve() in usable.values():
+        found["best"] = best.resolve()
+    else:
+        scored = [v for v in validations if v["step"] in usable and "chrf" in v]
+        if scored:
+            found["best"] = usable[max(scored, key=lambda v: v["chrf"])["step"]]
+    if usable:
+        found["latest"] = usable[max(usable)]
+    return found, left_out
 
 
 # --- the whole run ------------------------------------------------------------------------------------------------
@@ -449,12 +648,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, required=True, help="wall-clock training budget (10 and 60 in issue 23)")
     p.add_argument("--out", type=Path, required=True, help="folder for the data, JoeyNMT's model and result.json")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and decoding (default: 2)")
-    p.add_argument("--validation-freq", type=int, default=0,
-                   help="validate every N steps (default: 100 for budgets up to 15 minutes, else 500; a step of "
-                        "2,048 tokens takes about 2 s on 2 cores, so 10 minutes are some 300 steps)")
+    p.add_argument("--validation-freq", type=int, default=VALIDATION_FREQ,
+                   help="JoeyNMT validates every N steps (default: %(default)s; see the docstring)")
+    p.add_argument("--validation-sentences", type=int, default=VALIDATION_SENTENCES,
+                   help="held-out validation sentences JoeyNMT decodes at each validation (default: %(default)s; "
+                        f"best against latest is chosen afterwards on {EVAL_SENTENCES:,}, outside the budget)")
     p.add_argument("--learning-rate", type=float, default=5e-4,
                    help="peak learning rate after the warm-up (default: %(default)s, fairseq's for this schedule)")
-    p.add_argument("--grace", type=float, default=300, help="seconds JoeyNMT may take to save after the SIGINT")
+    p.add_argument("--grace", type=float, default=30,
+                   help="seconds JoeyNMT may take to save and exit after the SIGINT before SIGTERM, then SIGKILL "
+                        f"{TERM_WAIT:.0f} s later, go to its process group (default: %(default)s)")
     p.add_argument("--setup-limit", type=float, default=1800, help="seconds JoeyNMT may take before its first epoch")
     p.add_argument("--force", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="JoeyNMT's environment (default: %(default)s)")
@@ -472,8 +675,6 @@ def main(argv: list[str] | None = None) -> int:
         args.direction = "-".join(from_name[::-1] if args.reverse else from_name)
     elif args.direction.split("-", 1) == list(from_name[::-1]):
         args.reverse = True
-    if not args.validation_freq:
-        args.validation_freq = 100 if args.minutes <= 15 else 500
 
     out = args.out.resolve()
     work = out / "joeynmt"
@@ -503,20 +704,48 @@ def main(argv: list[str] | None = None) -> int:
                                                  / (prepared["mean_target_pieces"] + 1), 1)
     log(f"trained: {training['steps']} steps in {training['train_s']} s, peak RSS {training['peak_rss_mb']} MB")
 
-    # best.ckpt against the weights at the stop, on the validation sentences (greedy, multi-reference chrF)
-    candidates = checkpoints(work / "model")
+    from _common import _cpu_model  # charmt's interpreter: the other benchmarks' helpers are importable here
+
+    result = {
+        "system": "joeynmt", "versions": versions, "direction": args.direction, "minutes": args.minutes,
+        "threads": args.threads, "validation_freq": args.validation_freq,
+        "validation_sentences": args.validation_sentences, "grace_s": args.grace, "learning_rate": args.learning_rate,
+        "recipe": RECIPE, "data": {**data["summary"], "vocab_size": prepared["vocab_size"],
+                                   "mean_target_pieces": round(prepared["mean_target_pieces"], 2),
+                                   "bleu_tokenize": data["bleu_tokenize"]},
+        "training": training,
+        "machine": {"cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(), "processor": _cpu_model()},
+    }
+
+    def write_result() -> None:
+        result.update(wall_s=round(time.time() - started, 1), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    # best.ckpt against the weights at the stop, on the validation sentences (greedy, multi-reference chrF); only
+    # whole checkpoints that did not train past the budget
+    candidates, left_out = checkpoints(work / "model", training["steps"], training["validations"])
+    for why, names in left_out.items():
+        if names:
+            log(f"checkpoints left out ({why.replace('_', ' ')}, step at the budget {training['steps']}): "
+                f"{', '.join(names)}")
+    result["checkpoint"] = {"chosen": None, "left_out": left_out}
     if not candidates:
-        raise SystemExit(f"JoeyNMT left no checkpoint in {work / 'model'}")
+        result["error"] = f"no whole checkpoint at or before step {training['steps']}"
+    write_result()  # the training's figures, whatever becomes of the decoding; written again at the end
+    if not candidates:
+        raise SystemExit(f"JoeyNMT left no whole checkpoint at or before step {training['steps']} in "
+                         f"{work / 'model'}; the training figures are in {out / 'result.json'}")
     distinct = {path: name for name, path in reversed(list(candidates.items()))}  # best wins a tie of paths
     decoded, _ = run_joey_helper(args.venv, "decode", {
         "config": str(work / "config.yaml"), "threads": args.threads,
         "jobs": [{"checkpoint": str(path), "data": str(work / "devsrc"), "beams": [1]} for path in distinct],
     }, work, env, tag="validation")
     choice = {}
-    for result in decoded["results"]:
-        name = distinct[Path(result["checkpoint"])]
-        choice[name] = {"checkpoint": Path(result["checkpoint"]).name,
-                        **score(result["hypotheses"], data["eval_refs"], data["bleu_tokenize"])}
+    for job in decoded["results"]:
+        name = distinct[Path(job["checkpoint"])]
+        choice[name] = {"checkpoint": Path(job["checkpoint"]).name,
+                        **score(job["hypotheses"], data["eval_refs"], data["bleu_tokenize"])}
     chosen = max(choice, key=lambda name: (choice[name]["chrf"], name == "best"))
     scores = ", ".join(f"{name} {c['checkpoint']} {c['chrf']}" for name, c in choice.items())
     log(f"validation chrF: {scores}; the test set is decoded with {chosen}")
@@ -527,32 +756,17 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": [{"checkpoint": str(candidates[chosen]), "data": str(work / "test"), "beams": [1, 5]}],
     }, work, env, tag="test")
     test = {}
-    for result in decoded["results"]:
-        hypotheses = result["hypotheses"]
-        key = "greedy" if result["beam"] == 1 else f"beam{result['beam']}"
+    for job in decoded["results"]:
+        hypotheses = job["hypotheses"]
+        key = "greedy" if job["beam"] == 1 else f"beam{job['beam']}"
         (out / f"hypotheses.{key}.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
         test[key] = {**score(hypotheses, data["test_refs"], data["bleu_tokenize"]),
-                     "decode_s": round(result["seconds"], 2),
-                     "sentences_per_s": round(len(hypotheses) / result["seconds"], 2)}
+                     "decode_s": round(job["seconds"], 2),
+                     "sentences_per_s": round(len(hypotheses) / job["seconds"], 2)}
 
-    from _common import _cpu_model  # charmt's interpreter: the other benchmarks' helpers are importable here
-
-    result = {
-        "system": "joeynmt", "versions": versions, "direction": args.direction, "minutes": args.minutes,
-        "threads": args.threads, "validation_freq": args.validation_freq, "learning_rate": args.learning_rate,
-        "recipe": RECIPE, "data": {**data["summary"], "vocab_size": prepared["vocab_size"],
-                                   "mean_target_pieces": round(prepared["mean_target_pieces"], 2),
-                                   "bleu_tokenize": data["bleu_tokenize"]},
-        "training": training,
-        "checkpoint": {"chosen": chosen, "validation": choice},
-        "test": test,
-        "decode_peak_rss_mb": round(decode_peak, 1),
-        "machine": {"cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
-                    "python": platform.python_version(), "processor": _cpu_model()},
-        "wall_s": round(time.time() - started, 1),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    result.update(checkpoint={"chosen": chosen, "validation": choice, "left_out": left_out}, test=test,
+                  decode_peak_rss_mb=round(decode_peak, 1))
+    write_result()
     print(json.dumps(result, ensure_ascii=False), flush=True)
     return 0
 
