@@ -497,7 +497,9 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in sentences]
         stop_repeats = not self.keras_compat
         search = getattr(self.engine, "search", None)  # an engine with a search of its own (CTranslate2)
-        for batch in _batches_by_length([len(s) for s in sentences], batch_size):
+        # Such an engine batches for itself and runs batches side by side: it gets larger groups to share out.
+        group = getattr(self.engine, "group_sentences", 1) if search is not None else 1
+        for batch in _batches_by_length([len(s) for s in sentences], batch_size * group, 16_384 * group):
             src, lengths = self._encode_sources([sentences[i] for i in batch])
             limits = self._limits(lengths)
             if search is not None:
