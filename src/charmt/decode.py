@@ -137,20 +137,27 @@ def _trim(tokens: list[int], stop_repeats: bool) -> list[int]:
 
 def finish_tokens(outputs: list[list[int]], limits: list[int], stop_repeats: bool = True) -> list[list[int]]:
     """What greedy_decode gives for sentences whose argmax tokens are `outputs` (from a search run without caps or
-    guard, such as CTranslate2's): each cut at END, at its limit, or where the repetition guard stops it. All rows
-    are stepped together, as in greedy_decode."""
+    guard, such as CTranslate2's): each cut at END, at its limit, or where the repetition guard stops it.
+
+    The guard's test at every step at once: for each unit, how many tokens in a row equal the one a unit before
+    them (the counts `_Outputs.push` keeps step by step), and the first step where a count reaches its need."""
     if not outputs:
         return []
     stops = np.array([min(len(tokens), limit) for tokens, limit in zip(outputs, limits)], dtype=np.int64)
     steps = int(stops.max())
     if stop_repeats and steps:
-        tokens = np.full((len(outputs), steps), -2, dtype=np.int64)  # -2: after a row's end
+        padded = np.full((len(outputs), MAX_REPEAT_UNIT + steps), -1, dtype=np.int64)  # -1: before the start
         for row, out in enumerate(outputs):
-            tokens[row, : stops[row]] = out[: stops[row]]
-        written = _Outputs(len(outputs), steps)
-        for step in range(steps):
-            looping = written.push(tokens[:, step]) & (step < stops)
-            stops[looping] = step + 1
+            padded[row, MAX_REPEAT_UNIT : MAX_REPEAT_UNIT + stops[row]] = out[: stops[row]]
+            padded[row, MAX_REPEAT_UNIT + stops[row] :] = -2  # after the end: never compared
+        tokens, at = padded[:, MAX_REPEAT_UNIT:], np.arange(steps)
+        first = np.full(len(outputs), steps)  # the first step at which the guard stops each row
+        for unit, needed in zip(_UNITS.tolist(), _NEEDED.tolist()):
+            same = tokens == padded[:, MAX_REPEAT_UNIT - unit : MAX_REPEAT_UNIT - unit + steps]
+            runs = at - np.maximum.accumulate(np.where(same, -1, at), axis=1)  # equal tokens in a row up to here
+            hit = runs >= needed
+            first = np.minimum(first, np.where(hit.any(axis=1), hit.argmax(axis=1), steps))
+        stops = np.minimum(stops, first + 1)
     return [_trim(list(out[:stop]), stop_repeats) for out, stop in zip(outputs, stops.tolist())]
 
 
