@@ -450,9 +450,9 @@ def test_export_from_the_command_line(models, tmp_path, capsys):
     assert ckpt.read_json(out / ckpt.CT2_CONFIG_FILE)["export"]["quantization"] == "int8"
     package = tmp_path / "en-fr.argosmodel"
     assert main(["export", str(models["subword"]), "--argos", str(package)]) == 0
-    assert capsys.readouterr().err == (f"Wrote the Argos Translate package {package}; install it with: argospm install "
-                                       f"{package} (or argostranslate.package.install_from_path), and LibreTranslate "
-                                       "serves it\n")  # and no warning: a subword model's package
+    assert capsys.readouterr().err == (f"Wrote the Argos Translate package {package}; install it with argostranslate "
+                                       "(python -c \"import argostranslate.package as p; p.install_from_path("
+                                       f"'{package}')\"), and LibreTranslate serves it\n")  # no warning: subword units
     with zipfile.ZipFile(package) as archive:
         assert json.loads(archive.read("translate-en_fr-1_0/model/charmt.json"))["export"]["quantization"] == "int8"
         assert "(int8 weights)" in archive.read("translate-en_fr-1_0/README.md").decode()

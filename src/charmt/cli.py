@@ -339,8 +339,8 @@ def cmd_export(args) -> int:
         from .argos import export_argos
 
         out = export_argos(args.model, args.argos, quantization=args.quantization or "int8", overwrite=args.overwrite)
-        _say(f"Wrote the Argos Translate package {out}; install it with: argospm install {out} (or "
-             "argostranslate.package.install_from_path), and LibreTranslate serves it")
+        _say(f"Wrote the Argos Translate package {out}; install it with argostranslate (python -c \"import "
+             f"argostranslate.package as p; p.install_from_path('{out}')\"), and LibreTranslate serves it")
     return 0
 
 
