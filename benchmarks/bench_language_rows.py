@@ -1,0 +1,120 @@
+"""The language table's rows for both families, side by side on one machine (issue 23): for each direction,
+`charmt split` holds out 2,000 sentences (seed 1; `--reverse` for X -> English), then `base` and the `transformer`
+preset each train on the rest for the same wall-clock budget, and `charmt evaluate` scores the held-out file
+greedy and with beam 5.
+
+    .venv/bin/python benchmarks/bench_language_rows.py --work /tmp/rows                # the six European rows
+    .venv/bin/python benchmarks/bench_language_rows.py --work /tmp/rows --files jpn cmn
+    .venv/bin/python benchmarks/bench_language_rows.py --work /tmp/rows --table-only   # the table again
+
+Each (direction, preset) is one JSON file in WORK/results, written as soon as it is measured; a rerun skips what
+is there, so an interrupted run goes on where it stopped (a half-trained model is trained again from scratch, as a
+budget cannot be split). Run it on an otherwise idle machine: the budget is wall-clock time. Six directions, two
+presets: about 2.5 hours on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import environment
+
+PRESETS = ("base", "transformer")
+DATA_ROOT = Path("/work/shared/data")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def charmt(*args: str) -> str:
+    """Runs the CLI in a process of its own (as a user would), returning its standard output."""
+    done = subprocess.run([sys.executable, "-m", "charmt", "-q", *args], check=True, stdout=subprocess.PIPE, text=True)
+    return done.stdout
+
+
+def split(data: Path, reverse: bool, work: Path) -> Path:
+    folder = work / f"split-{data.stem}{'-rev' if reverse else ''}"
+    if not (folder / f"{data.stem}.test.txt").exists():
+        charmt("split", str(data), "--test-sentences", "2000", "--seed", "1", "--out", str(folder),
+               *(["--reverse"] if reverse else []))
+    return folder
+
+
+def measure(data: Path, reverse: bool, preset: str, minutes: float, work: Path) -> dict:
+    folder = split(data, reverse, work)
+    train_file, test_file = folder / f"{data.stem}.train.txt", folder / f"{data.stem}.test.txt"
+    model = work / "models" / f"{data.stem}{'-rev' if reverse else ''}-{preset}"
+    started = time.perf_counter()
+    charmt("train", str(train_file), *(["--reverse"] if reverse else []), "--preset", preset,
+           "--time-budget", str(minutes), "--out", str(model), "--overwrite")
+    train_seconds = time.perf_counter() - started
+    history = [json.loads(line) for line in (model / "log.jsonl").read_text().splitlines() if line.strip()]
+    result = {"file": data.name, "reverse": reverse, "preset": preset, "minutes": minutes,
+              "train_process_seconds": round(train_seconds, 1), "last_epoch": history[-1], "environment": environment()}
+    for beam in (1, 5):
+        started = time.perf_counter()
+        scores = json.loads(charmt("evaluate", str(model), str(test_file), "--json", "--beam", str(beam)))
+        result[f"beam{beam}"] = scores | {"seconds": round(time.perf_counter() - started, 1)}
+    return result
+
+
+def row_name(result: dict) -> str:
+    first = result["beam1"]
+    return f"{first['source_lang']} -> {first['target_lang']}"
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| direction | preset | steps (epoch) | chrF greedy / beam 5 | BLEU greedy / beam 5 "
+             "| human / model beam 5 (sentences) | exact match, beam 5 | output ÷ reference length, beam 5 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        g, b, last = r["beam1"], r["beam5"], r["last_epoch"]
+        human = b.get("human_baseline") or {}
+        lines.append(
+            f"| {row_name(r)} | {r['preset']} | {last.get('steps', '?'):,} ({last.get('epoch', '?')}) "
+            f"| {g['chrf']:.1f} / {b['chrf']:.1f} | {g['bleu']:.1f} / {b['bleu']:.1f} "
+            f"| {human.get('human_chrf', float('nan')):.1f} / {human.get('model_chrf', float('nan')):.1f} "
+            f"({human.get('sentences', 0)}) | {100 * b['exact_match']:.1f}% | {b['length_ratio']:.2f} |")
+    by_preset = {p: [r["beam5"]["chrf"] for r in results if r["preset"] == p] for p in PRESETS}
+    for preset, scores in by_preset.items():
+        if scores:
+            lines.append(f"\nmean chrF with beam 5, {preset}: {sum(scores) / len(scores):.2f} over {len(scores)} rows")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, required=True, help="splits, models and results go here")
+    p.add_argument("--files", nargs="+", default=["fra", "spa", "deu"],
+                   help="pair files by language code (default: %(default)s)")
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget (default: %(default)s)")
+    p.add_argument("--table-only", action="store_true", help="print the table of what is measured and stop")
+    args = p.parse_args()
+    results_dir = args.work / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    for code in [] if args.table_only else args.files:
+        data = DATA_ROOT / f"{code}-eng" / f"{code}.txt"
+        for reverse in (False, True):
+            for preset in args.presets:
+                out = results_dir / f"{code}{'-rev' if reverse else ''}-{preset}-{args.minutes:g}min.json"
+                if out.exists():
+                    continue
+                log(f"{code}{' reversed' if reverse else ''}: {preset}, {args.minutes:g} minutes")
+                result = measure(data, reverse, preset, args.minutes, args.work)
+                out.write_text(json.dumps(result, indent=2))
+                log(f"  chrF {result['beam1']['chrf']:.1f} greedy, {result['beam5']['chrf']:.1f} beam 5")
+    results = [json.loads(f.read_text()) for f in results_dir.glob("*.json")]
+    results.sort(key=lambda r: (r["file"], r["reverse"], PRESETS.index(r["preset"]), r["minutes"]))
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
