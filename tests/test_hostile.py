@@ -279,13 +279,14 @@ class FailsOn(CountingTranslator):
 
     marker = "Boom."
 
-    def translate_n_best(self, texts, **options):
+    def translate_prepared(self, prepared, **options):
         if not self.calls:
             time.sleep(0.5)
-        self.calls.append((list(texts), options.get("beam", 1), options.get("n_best", 1)))
-        if self.marker in texts:
+        batch = [sentence for _, sentence in prepared.sentences]
+        self.calls.append((batch, options.get("beam", 1), options.get("n_best", 1)))
+        if self.marker in batch:
             raise RuntimeError("CUDA error: an illegal memory access at 0x7f3a")
-        return self._translator.translate_n_best(texts, **options)
+        return self._translator.translate_prepared(prepared, **options)
 
 
 def test_a_failing_text_fails_only_its_own_request(translators, caplog):
@@ -311,11 +312,11 @@ def test_one_models_flood_does_not_starve_another(translators):
     calls: list[tuple[str, int, int]] = []
 
     class Logged(CountingTranslator):
-        def translate_n_best(self, texts, **options):
+        def translate_prepared(self, prepared, **options):
             if not calls:
                 time.sleep(0.5)  # both requests are queued by now
-            calls.append((self.name, len(texts), options["beam"]))
-            return self._translator.translate_n_best(texts, **options)
+            calls.append((self.name, len(prepared.sentences), options["beam"]))
+            return self._translator.translate_prepared(prepared, **options)
 
     fr, de = Logged(translators["fr"]), Logged(translators["de"])
     fr.name, de.name = "fr", "de"
@@ -333,7 +334,7 @@ def test_one_models_flood_does_not_starve_another(translators):
         small, flood = asyncio.run(asyncio.wait_for(send(url), 120))
     assert small.status_code == 200 and flood.status_code == 200
     assert [name for name, _, _ in calls].index("de") == 1  # right after the flood's first turn
-    assert all(texts * beam <= 128 for _, texts, beam in calls), calls  # bounded turns
+    assert all(sentences * beam <= 128 for _, sentences, beam in calls), calls  # bounded turns
 
 
 # --- a normal client under attack, for a minute -----------------------------------------------------------

@@ -195,7 +195,7 @@ def test_a_body_that_is_not_a_json_object_is_400(client, body):
 
 def test_a_failed_translation_is_500_naming_the_model_not_the_exception(fr, caplog):
     class Failing(CountingTranslator):
-        def translate_n_best(self, texts, **options):
+        def translate_prepared(self, prepared, **options):
             raise RuntimeError("out of memory at 0x7f3a")
 
     with TestClient(create_app([served(Failing(fr), "en", "fr")])) as client:

@@ -102,8 +102,8 @@ def test_bf16_on_a_cpu_without_bf16_fails_in_one_line_and_writes_nothing(pair_fi
     out = tmp_path / "m"
     assert main(["train", str(pair_file), "--out", str(out), "--precision", "bf16", *FLAGS]) == 1
     err = capsys.readouterr().err
-    assert err.splitlines() == ["charmt: error: --precision bf16: this CPU cannot run PyTorch's bf16 LSTM (oneDNN "
-                                "has bf16 kernels only on CPUs with AVX-512); use --precision fp32, or auto (bf16 "
+    assert err.splitlines() == ["charmt: error: --precision bf16: this CPU cannot run PyTorch's bf16 kernels "
+                                "(oneDNN has them only on CPUs with AVX-512); use --precision fp32, or auto (bf16 "
                                 "only where the hardware computes it natively)"]
     assert not out.exists()
 

@@ -184,11 +184,12 @@ class CountingTranslator:
     def __getattr__(self, name):
         return getattr(self._translator, name)
 
-    def translate_n_best(self, texts, *, beam=1, n_best=1, **options):
+    def translate_prepared(self, prepared, *, beam=1, n_best=1, **options):
+        batch = [sentence for _, sentence in prepared.sentences]  # the server's one way into the model
         if self.before_call is not None:
-            self.before_call(list(texts))
-        self.calls.append((list(texts), beam, n_best))
-        return self._translator.translate_n_best(texts, beam=beam, n_best=n_best, **options)
+            self.before_call(batch)
+        self.calls.append((batch, beam, n_best))
+        return self._translator.translate_prepared(prepared, beam=beam, n_best=n_best, **options)
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -381,7 +382,7 @@ def test_oversized_body_is_refused_before_parsing(client, path, key):
 
 def test_library_errors_become_400_with_their_message(fr):
     class Failing(CountingTranslator):
-        def translate_n_best(self, texts, **options):
+        def translate_prepared(self, prepared, **options):
             raise ConfigError("the model is unhappy; try again")
 
     with TestClient(create_app([served(Failing(fr), "en", "fr")])) as client:
@@ -614,7 +615,8 @@ def test_concurrent_requests_are_batched_on_a_real_server(fr, demo_lines):
     assert [r.status_code for r in responses] == [200] * n
     assert [r.json()["translations"] for r in responses] == [[e] for e in expected]
     assert 1 <= len(counting.calls) <= 2 < n  # one call, or the held first call and one for all the others
-    assert sorted(t for batch, _, _ in counting.calls for t in batch) == sorted(texts)
+    sentences = [sentence for _, sentence in fr.prepare(texts).sentences]
+    assert sorted(t for batch, _, _ in counting.calls for t in batch) == sorted(sentences)
 
 
 # --- the command (test_load.py and test_libretranslate.py run it) -----------------------------------------

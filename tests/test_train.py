@@ -112,7 +112,7 @@ def test_explicit_bf16_is_refused_where_the_cpu_cannot_run_it(monkeypatch, runs_
     if runs_bf16:
         assert training_precision("bf16", torch.device("cpu")) == "bf16"
     else:
-        with pytest.raises(ConfigError, match=r"cannot run PyTorch's bf16 LSTM .*use --precision fp32, or auto"):
+        with pytest.raises(ConfigError, match=r"cannot run PyTorch's bf16 kernels .*use --precision fp32, or auto"):
             training_precision("bf16", torch.device("cpu"))
 
 

@@ -89,7 +89,7 @@ def training_precision(precision: str, device: torch.device) -> str:
         return "bf16" if _native_bf16(device) else "fp32"
     if precision == "bf16":
         if device.type == "cpu" and not cpu_runs_bf16_lstm():
-            raise ConfigError("--precision bf16: this CPU cannot run PyTorch's bf16 LSTM (oneDNN has bf16 kernels "
+            raise ConfigError("--precision bf16: this CPU cannot run PyTorch's bf16 kernels (oneDNN has them "
                               "only on CPUs with AVX-512); use --precision fp32, or auto (bf16 only where the "
                               "hardware computes it natively)")
         if device.type == "cuda" and not _native_bf16(device):

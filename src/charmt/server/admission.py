@@ -6,8 +6,8 @@ one bounded piece of work:
 
 - one model call of at most CHUNK_WORK sentences x beam (a sentence counted once per UNIT_CHARS), gathered from the
   lane's jobs with the first one's beam (concurrent requests share a call; a long request takes several turns),
-  each job prepared first (its texts split into sentences and counted against --max-pieces, PREPARE_CHARS a turn;
-  its warnings), or
+  each job prepared first (its texts cleaned and split into sentences once, by the model's own `prepare`, and
+  counted against --max-pieces, PREPARE_CHARS a turn; its warnings), or
 - one call of a function (an html text's segments, attention weights).
 
 Everything that reads a request's text beyond its length happens here, in the worker, never on the event loop.
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..decode import PreparedInputs
 from ..errors import CharmtError
-from ..languages import split_sentences
 from .limits import RETRY_AFTER_S, Limits, Refusal
 
 if TYPE_CHECKING:
@@ -66,8 +66,8 @@ class _Translation(_Job):
     beam: int = 1
     n_best: int = 1
     want_warnings: bool = False
-    sentences: list[int] = field(default_factory=list)  # per text, as far as prepared
-    pieces: int = 0  # their sum
+    sentences: list[list[str]] = field(default_factory=list)  # per text, as far as prepared: its model inputs
+    pieces: int = 0  # how many inputs that is
     costs: list[int] = field(default_factory=list)  # per text at beam 1, in CHUNK_WORK's units
     warnings: list[str] = field(default_factory=list)
     results: list = field(default_factory=list)
@@ -223,21 +223,20 @@ class Admission:
             self._run(chunk)
 
     def _prepare(self, job: _Translation, budget: int) -> int:
-        """Split and count the job's next texts, about `budget` characters of them (the model splits them the same
-        way), refusing it as soon as it holds too many pieces; then note its warnings. Returns the characters."""
+        """Prepare and count the job's next texts, about `budget` characters of them (each split into sentences
+        here, once, as the model call will take them), refusing it as soon as it holds too many pieces; then note
+        its warnings. Returns the characters."""
         translator = job.model.translator
-        split = not translator.keras_compat  # such a model translates each text whole
         used = 0
         while len(job.sentences) < len(job.texts) and (used < budget or not used):
             text = job.texts[len(job.sentences)]
-            job.sentences.append(len(split_sentences(text, translator.info.source_lang)) if split
-                                 else int(bool(text.strip())))
-            job.pieces += job.sentences[-1]
-            job.costs.append(max(job.sentences[-1], -(-len(text) // UNIT_CHARS)))
+            job.sentences.append([sentence for _, sentence in translator.prepare([text]).sentences])
+            job.pieces += len(job.sentences[-1])
+            job.costs.append(max(len(job.sentences[-1]), -(-len(text) // UNIT_CHARS)))
             used += len(text) + 1
             self.limits.check_pieces(job.pieces)
-        if len(job.sentences) == len(job.texts) and job.want_warnings:
-            job.warnings = translator.input_warnings(job.texts)
+        if len(job.sentences) == len(job.texts) and job.want_warnings:  # the same as for the texts, from the pieces
+            job.warnings = translator.input_warnings([s for sentences in job.sentences for s in sentences], split=False)
         return used
 
     def _gather(self, jobs: list[_Job]) -> list[tuple[_Translation, int, int]]:
@@ -273,11 +272,12 @@ class Admission:
 
     def _run(self, chunk: list[tuple[_Translation, int, int]]) -> None:
         model = chunk[0][0].model
-        texts = [text for job, start, end in chunk for text in job.texts[start:end]]
-        try:
-            results = model.translator.translate_n_best(
-                texts, beam=chunk[0][0].beam, n_best=max(job.n_best for job, _, _ in chunk),
-                batch_size=self.chunk_work, split=True, warn=False, length_penalty=self.limits.length_penalty)
+        texts = [sentences for job, start, end in chunk for sentences in job.sentences[start:end]]
+        prepared = PreparedInputs(len(texts), [(i, s) for i, sentences in enumerate(texts) for s in sentences], [])
+        try:  # beam and n_best were checked on admission (limits.search_problem)
+            results = model.translator.translate_prepared(
+                prepared, beam=chunk[0][0].beam, n_best=max(job.n_best for job, _, _ in chunk),
+                batch_size=self.chunk_work, length_penalty=self.limits.length_penalty)
         except Exception as err:  # noqa: BLE001
             if len(chunk) > 1:  # which request holds the text that fails? each alone, so only that one fails
                 for part in chunk:
