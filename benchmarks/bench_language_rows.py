@@ -46,10 +46,14 @@ def split(data: Path, reverse: bool, work: Path) -> Path:
     return folder
 
 
+def model_dir(work: Path, code: str, reverse: bool, preset: str) -> Path:
+    return work / "models" / f"{code}{'-rev' if reverse else ''}-{preset}"
+
+
 def measure(data: Path, reverse: bool, preset: str, minutes: float, work: Path) -> dict:
     folder = split(data, reverse, work)
     train_file, test_file = folder / f"{data.stem}.train.txt", folder / f"{data.stem}.test.txt"
-    model = work / "models" / f"{data.stem}{'-rev' if reverse else ''}-{preset}"
+    model = model_dir(work, data.stem, reverse, preset)
     started = time.perf_counter()
     charmt("train", str(train_file), *(["--reverse"] if reverse else []), "--preset", preset,
            "--time-budget", str(minutes), "--out", str(model), "--overwrite")
@@ -66,21 +70,27 @@ def measure(data: Path, reverse: bool, preset: str, minutes: float, work: Path) 
 
 def row_name(result: dict) -> str:
     first = result["beam1"]
-    return f"{first['source_lang']} -> {first['target_lang']}"
+    return f"{first['source_lang']} → {first['target_lang']}"
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| direction | preset | steps (epoch) | chrF greedy / beam 5 | BLEU greedy / beam 5 "
-             "| human / model beam 5 (sentences) | exact match, beam 5 | output ÷ reference length, beam 5 |",
-             "|---|---|---|---|---|---|---|---|"]
+def table(results: list[dict], work: Path) -> str:
+    """The README's rows: passes are steps x batch / training pairs (base's short sentences, shown twice, once)."""
+    lines = ["| direction | test sentences (pairs) | preset | training in the budget | chrF / BLEU, greedy "
+             "| chrF / BLEU, beam 5 | human / model greedy / model beam 5, chrF (sentences) | exact match, beam 5 "
+             "| output ÷ reference length, greedy / beam 5 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        g, b, last = r["beam1"], r["beam5"], r["last_epoch"]
-        human = b.get("human_baseline") or {}
+        g, b, steps = r["beam1"], r["beam5"], r["last_epoch"]["steps"]
+        config = json.loads((model_dir(work, Path(r["file"]).stem, r["reverse"], r["preset"]) / "config.json")
+                            .read_text())
+        passes = steps * config["training"]["batch_size"] / config["data"]["train"]
+        human, human_greedy = b.get("human_baseline") or {}, g.get("human_baseline") or {}
         lines.append(
-            f"| {row_name(r)} | {r['preset']} | {last.get('steps', '?'):,} ({last.get('epoch', '?')}) "
-            f"| {g['chrf']:.1f} / {b['chrf']:.1f} | {g['bleu']:.1f} / {b['bleu']:.1f} "
-            f"| {human.get('human_chrf', float('nan')):.1f} / {human.get('model_chrf', float('nan')):.1f} "
-            f"({human.get('sentences', 0)}) | {100 * b['exact_match']:.1f}% | {b['length_ratio']:.2f} |")
+            f"| {row_name(r)} | {g['sentences']:,} ({g['pairs']:,}) | `{r['preset']}` | {steps:,} steps "
+            f"(≈ {passes:.1f} passes) | {g['chrf']:.1f} / {g['bleu']:.1f} | {b['chrf']:.1f} / {b['bleu']:.1f} "
+            f"| {human.get('human_chrf', float('nan')):.1f} / {human_greedy.get('model_chrf', float('nan')):.1f} / "
+            f"{human.get('model_chrf', float('nan')):.1f} ({human.get('sentences', 0)}) "
+            f"| {100 * b['exact_match']:.1f}% | {g['length_ratio']:.2f} / {b['length_ratio']:.2f} |")
     by_preset = {p: [r["beam5"]["chrf"] for r in results if r["preset"] == p] for p in PRESETS}
     for preset, scores in by_preset.items():
         if scores:
@@ -112,7 +122,7 @@ def main() -> int:
                 log(f"  chrF {result['beam1']['chrf']:.1f} greedy, {result['beam5']['chrf']:.1f} beam 5")
     results = [json.loads(f.read_text()) for f in results_dir.glob("*.json")]
     results.sort(key=lambda r: (r["file"], r["reverse"], PRESETS.index(r["preset"]), r["minutes"]))
-    print(table(results))
+    print(table(results, args.work))
     return 0
 
 
