@@ -121,7 +121,9 @@ def main() -> int:
                 out.write_text(json.dumps(result, indent=2))
                 log(f"  chrF {result['beam1']['chrf']:.1f} greedy, {result['beam5']['chrf']:.1f} beam 5")
     results = [json.loads(f.read_text()) for f in results_dir.glob("*.json")]
-    results.sort(key=lambda r: (r["file"], r["reverse"], PRESETS.index(r["preset"]), r["minutes"]))
+    order = ["fra", "spa", "deu", "jpn", "cmn"]  # the README's
+    results.sort(key=lambda r: (order.index(code) if (code := Path(r["file"]).stem) in order else len(order), code,
+                                r["reverse"], PRESETS.index(r["preset"]), r["minutes"]))
     print(table(results, args.work))
     return 0
 
