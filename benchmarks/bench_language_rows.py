@@ -86,7 +86,7 @@ def preset_label(result: dict) -> str:
     return f"`{result['preset']}`" + (f" {variant} (`{' '.join(result['train_args'])}`)" if variant else "")
 
 
-def table(results: list[dict], work: Path) -> str:
+def table(results: list[dict]) -> str:
     """The README's rows: passes are steps x batch / training pairs (base's short sentences, shown twice, once)."""
     lines = ["| direction | test sentences (pairs) | preset | training in the budget | chrF / BLEU, greedy "
              "| chrF / BLEU, beam 5 | human / model greedy / model beam 5, chrF (sentences) | exact match, beam 5 "
@@ -94,12 +94,7 @@ def table(results: list[dict], work: Path) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         g, b, steps = r["beam1"], r["beam5"], r["last_epoch"]["steps"]
-        if "train_pairs" in r:
-            passes = steps * r["batch_size"] / r["train_pairs"]
-        else:  # results of the first runs, whose models were named without budget
-            config = json.loads((work / "models" / f"{Path(r['file']).stem}{'-rev' if r['reverse'] else ''}-"
-                                 f"{r['preset']}" / "config.json").read_text())
-            passes = steps * config["training"]["batch_size"] / config["data"]["train"]
+        passes = steps * r["batch_size"] / r["train_pairs"]
         human, human_greedy = b.get("human_baseline") or {}, g.get("human_baseline") or {}
         lines.append(
             f"| {row_name(r)} | {g['sentences']:,} ({g['pairs']:,}) | {preset_label(r)} | {steps:,} steps "
@@ -149,7 +144,7 @@ def main() -> int:
     order = ["fra", "spa", "deu", "jpn", "cmn"]  # the README's
     results.sort(key=lambda r: (order.index(code) if (code := Path(r["file"]).stem) in order else len(order), code,
                                 r["reverse"], r["minutes"], PRESETS.index(r["preset"]), r.get("variant", "")))
-    print(table(results, args.work))
+    print(table(results))
     return 0
 
 
