@@ -237,7 +237,8 @@ def test_early_stopping_and_the_time_budget_stop_a_transformer(data, tmp_path, r
     if reason == "early stopping":
         assert result.epochs_run == 2 and log[1]["val_chrf"] == log[0]["val_chrf"] and result.best_epoch == 1
     else:
-        assert log[-1]["partial"] is True
+        # The budget ran out in the last epoch's steps (partial) or in its validation; never earlier.
+        assert not any(record["partial"] for record in log[:-1])
         assert lrs[0] == TRAINING.learning_rate and lrs[-1] < lrs[0]
         assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:]))  # the clock only moves forward
     state = json.loads(ckpt.load_tensors(tmp_path / "m" / ckpt.CHECKPOINT_FILE, with_metadata=True)[1]["state"])

@@ -45,6 +45,24 @@ def test_time_budget_stops_cleanly_and_keeps_a_model(pair_file, tmp_path):
     assert Translator.load(tmp_path / "m", device="cpu").translate(["I eat."])[0] is not None
 
 
+def test_a_budget_spent_during_validation_ends_the_run_at_that_epoch(pair_file, tmp_path, monkeypatch):
+    # The epoch's steps end well within the 10 minutes; its validation then "takes" the whole budget (the run's
+    # clock is moved back by it). The run must stop there, not train one step of epoch 2 and validate again.
+    validate = charmt.training._Run._epoch_record
+
+    def slow_validation(run, out_of_time):
+        record = validate(run, out_of_time)
+        run.clock -= run.budget
+        return record
+
+    monkeypatch.setattr(charmt.training._Run, "_epoch_record", slow_validation)
+    config = updated(TINY_TRAIN, epochs=0, time_budget_minutes=10, lr_schedule="cosine")
+    result = train(pair_file, tmp_path / "m", model_config=TINY_MODEL, train_config=config, selection=TINY_SELECTION)
+    assert (result.stopped_because, result.epochs_run) == ("time budget", 1)
+    [record] = [json.loads(line) for line in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert record["partial"] is False and record["best"] is True
+
+
 def _padding_share(data: EncodedPairs, batches: list[list[int]]) -> float:
     padded = sum(len(b) * max(len(data.sources[i]) for i in b) for b in batches)
     return 1 - sum(len(s) for s in data.sources) / padded

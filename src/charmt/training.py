@@ -468,8 +468,11 @@ class _Run:
     def _end_epoch(self, out_of_time: bool) -> str:
         """Validate, decide, log, keep the best and the last model; why the run stops here ("" to go on)."""
         decision = None
+        record = self._epoch_record(out_of_time) if self.rank == 0 else None
+        # A budget spent during validation ends the run here, not one step into another epoch. Every process asks
+        # (an all-reduce under DDP); the others wait in it while rank 0 validates.
+        out_of_time = out_of_time or self._out_of_time()
         if self.rank == 0:
-            record = self._epoch_record(out_of_time)
             decision = decide_epoch(self.state, record, self.cfg, out_of_time)
             decision.apply_to(self.state)
             if decision.best:
