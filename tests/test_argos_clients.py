@@ -308,26 +308,24 @@ def test_argostranslate_installs_the_packages_from_their_paths(argos, packages):
     assert (argos["greedy"]["beam_size"], argos["default"]["beam_size"]) == (1, ARGOS_BEAM)
 
 
-def assert_mostly_same(theirs: list[str], ours: list[str], share: float = 0.9) -> list[tuple[str, str]]:
+def assert_mostly_same(theirs: list[str], ours: list[str], share: float = 0.9) -> None:
     """The client's outputs are charmt's on at least `share` of the inputs. Not all: charmt cuts a run-away output
     (its repetition guard and length cap, which Argos does not have), which can also change which beam wins; how
-    often the tiny test models run away depends on the CPU they were trained on. Returns the differing pairs."""
+    often the tiny test models run away depends on the CPU they were trained on. Nor is every other difference a
+    cut: on a CPU without AVX-512 a near tie between two characters can fall the other way in CTranslate2 than in
+    PyTorch (seen with ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 CT2_FORCE_CPU_ISA=AVX2: "qbg." / "qbgr.")."""
     assert len(theirs) == len(ours)
     differing = [(t, o) for t, o in zip(theirs, ours) if t != o]
     assert len(differing) <= (1 - share) * len(ours), differing
-    return differing
 
 
 @pytest.mark.parametrize("pair", ["en-fr", "fr-en"])
 def test_argostranslate_greedy_is_charmt_greedy(argos, held_out, capsys, pair):
-    """ARGOS_BEAM_SIZE=1 == `charmt translate PACKAGE/model` on every held-out sentence, but where charmt cut a
-    run-away output (its repetition guard or length cap): there the greedy search is the same up to the cut, so
-    charmt's output begins Argos's, which goes on."""
+    """ARGOS_BEAM_SIZE=1 == `charmt translate PACKAGE/model` on nearly every held-out sentence."""
     sentences = held_out[pair]
     ours = charmt_translate(capsys, Path(argos["installed"][pair]["path"]) / "model", sentences)
     theirs = [argos["greedy"]["by_text"][s, pair] for s in sentences]
-    cut = assert_mostly_same(theirs, ours)
-    assert all(t.startswith(o.rstrip()) and len(t) > len(o.rstrip()) for t, o in cut), cut
+    assert_mostly_same(theirs, ours)
     # A model that learned its task: many of its outputs are the right answer, nearly all about as long.
     expected = [rot13(s) for s in sentences]
     assert sum(o == e for o, e in zip(ours, expected)) >= len(sentences) // 3
