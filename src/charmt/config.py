@@ -194,7 +194,7 @@ PRESETS: dict[str, tuple[dict, dict, dict]] = {
     # The Transformer's quality preset: the same hour and data as `base`, in subword units (README, "Presets" and
     # the attempts table: how the sizes and the schedule were chosen at equal wall-clock time).
     "transformer": (
-        dict(arch="transformer", hidden_size=256, num_layers=3, heads=4, ff_size=1024, dropout=0.1),
+        dict(arch="transformer", hidden_size=256, num_layers=2, heads=4, ff_size=1024, dropout=0.1),
         dict(epochs=0, batch_size=64, optimizer="adamw", learning_rate=1e-3, weight_decay=0.01,
              lr_schedule="cosine", warmup_steps=500, clip_grad_norm=1.0, patience=3, time_budget_minutes=60,
              eval_sentences=1000, checkpoint_minutes=5.0, label_smoothing=0.1),
