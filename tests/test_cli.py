@@ -227,6 +227,23 @@ def test_evaluate_prints_the_scores(tiny_model_dir, capsys):
     assert summary["chrf"] == pytest.approx(report.chrf)
 
 
+def test_evaluate_searches_with_the_length_penalty_translate_uses(tiny_model_dir, tmp_path, capsys):
+    data = tiny_model_dir.parent / "pairs.txt"
+    translator = Translator.load(tiny_model_dir, device="cpu")
+    outputs = {}
+    for alpha in ("0", "10"):
+        hypotheses = tmp_path / f"alpha{alpha}.txt"
+        assert main(["-q", "evaluate", str(tiny_model_dir), str(data), "--beam", "3", "--length-penalty", alpha,
+                     "--output", str(hypotheses), "--device", "cpu"]) == 0
+        outputs[alpha] = hypotheses.read_text(encoding="utf-8").splitlines()
+        report = evaluate_file(tiny_model_dir, data, beam=3, length_penalty=float(alpha), device="cpu")
+        assert outputs[alpha] == translator.translate(report.sources, beam=3, length_penalty=float(alpha))
+    assert outputs["0"] != outputs["10"]  # the penalty reached the search: sums favour short outputs, ALPHA 10 long
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(tiny_model_dir), str(data), "--beam", "3", "--length-penalty", "-1"]) == 1
+    assert "--length-penalty must be a number from 0 to 10, got -1.0" in capsys.readouterr().err
+
+
 def _digest(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 

@@ -213,7 +213,7 @@ def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_file
 
     report = evaluate_file(args.model, args.data, split=args.split, beam=args.beam, device=args.device,
-                           max_sentences=args.max_sentences)
+                           max_sentences=args.max_sentences, length_penalty=args.length_penalty)
     if args.output:
         try:
             Path(args.output).write_text("".join(h + "\n" for h in report.hypotheses), encoding="utf-8")
@@ -460,6 +460,8 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="auto", choices=["auto", "test", "validation", "all"],
                    help="auto: the recorded test (or validation) split of the training file, else all pairs")
     p.add_argument("--beam", type=int, default=1, help="beam size (default: 1, greedy)")
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
+                   help="beam scores are log-probabilities / length**ALPHA, as in translate (default: 1)")
     p.add_argument("--max-sentences", type=int, help="evaluate on the first N distinct sources only")
     p.add_argument("--output", help="write the hypotheses here, one per line")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

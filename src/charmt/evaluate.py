@@ -79,12 +79,12 @@ def pick_pairs(corpus: Corpus, model_dir: str | os.PathLike, split: str) -> tupl
 
 
 def evaluate(translator: Translator, pairs: list[Pair], *, split: str = "file", beam: int = 1,
-             batch_size: int = 128) -> EvalReport:
+             batch_size: int = 128, length_penalty: float = 1.0) -> EvalReport:
     if not pairs:
         raise DataError("no pairs to evaluate")
     unique, references = references_by_source(pairs)
     sources = [p.source for p in unique]
-    hypotheses = translator.translate(sources, beam=beam, batch_size=batch_size)
+    hypotheses = translator.translate(sources, beam=beam, batch_size=batch_size, length_penalty=length_penalty)
     info = translator.info
     tokenize, note = bleu_tokenizer(info.target_lang)
     scores = score_translations(hypotheses, references, tokenize=tokenize)
@@ -162,11 +162,12 @@ def length_breakdown(sources: list[str], hypotheses: list[str], references: list
 
 
 def evaluate_file(model_dir: str | os.PathLike, data_path: str | os.PathLike, *, split: str = "auto",
-                  beam: int = 1, device: str = "auto", max_sentences: int | None = None) -> EvalReport:
+                  beam: int = 1, device: str = "auto", max_sentences: int | None = None,
+                  length_penalty: float = 1.0) -> EvalReport:
     translator = Translator.load(model_dir, device=device)
     corpus = read_corpus(data_path, reverse=bool(translator.info.selection.get("reverse", False)))
     name, pairs = pick_pairs(corpus, model_dir, split)
     if max_sentences:
         keep = set(list(dict.fromkeys(p.source.strip() for p in pairs))[:max_sentences])
         pairs = [p for p in pairs if p.source.strip() in keep]
-    return evaluate(translator, pairs, split=name, beam=beam)
+    return evaluate(translator, pairs, split=name, beam=beam, length_penalty=length_penalty)
