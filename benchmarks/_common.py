@@ -17,7 +17,10 @@ import torch
 
 DEFAULT_DATA = os.environ.get("CHARMT_BENCH_DATA", "/work/shared/data/fra-eng/fra.txt")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
+# Variables that change the speed (threads) or the kernels (instruction-set caps, as in an AVX2 emulation); the
+# results record those that are set, so an emulated run says it was one.
+RUNTIME_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME",
+                     "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "CT2_FORCE_CPU_ISA")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -46,7 +49,7 @@ def environment() -> dict:
         "processor": _cpu_model(),
         "cpu_flags": cpu_flags(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
+        "env": {k: os.environ[k] for k in RUNTIME_VARIABLES if k in os.environ},
     }
 
 
