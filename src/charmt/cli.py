@@ -37,6 +37,11 @@ def _no_limit(value: str) -> int:
     return number
 
 
+def _add_length_penalty(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
+                   help="beam scores are log-probabilities / length**ALPHA (default: 1; Argos Translate's: 0.2)")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default: auto)")
 
@@ -446,8 +451,7 @@ def _args_translate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory, or an ONNX or CTranslate2 export of one (charmt export)")
     p.add_argument("text", nargs="*", help="sentences (default: read stdin, one per line)")
     p.add_argument("--beam", type=int, default=1, help="beam size, 1 for greedy (default: 1)")
-    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
-                   help="beam scores are log-probabilities / length**ALPHA (default: 1; Argos Translate uses 0.2)")
+    _add_length_penalty(p)
     p.add_argument("--n-best", type=int, default=1, help="print the K best hypotheses with their scores")
     p.add_argument("--batch-size", type=int, default=128, help="sentences per batch (default: 128)")
     p.add_argument("--no-split", action="store_true", help="do not split paragraphs into sentences")
@@ -460,8 +464,7 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="auto", choices=["auto", "test", "validation", "all"],
                    help="auto: the recorded test (or validation) split of the training file, else all pairs")
     p.add_argument("--beam", type=int, default=1, help="beam size (default: 1, greedy)")
-    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
-                   help="beam scores are log-probabilities / length**ALPHA, as in translate (default: 1)")
+    _add_length_penalty(p)
     p.add_argument("--max-sentences", type=int, help="evaluate on the first N distinct sources only")
     p.add_argument("--output", help="write the hypotheses here, one per line")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -568,8 +571,7 @@ def _args_serve(p: argparse.ArgumentParser) -> None:
                         "[CHARACTERS_PER_REQUEST]] (default: no key needed)")
     p.add_argument("--beam", type=int, default=1,
                    help=f"beam size of LibreTranslate's /translate, 1 to {MAX_BEAM} (default: 1, greedy)")
-    p.add_argument("--length-penalty", type=float, default=1.0, metavar="ALPHA",
-                   help="beam scores are log-probabilities / length**ALPHA (default: 1; Argos Translate's: 0.2)")
+    _add_length_penalty(p)
     g = p.add_argument_group("limits (GET /health shows them)")
     g.add_argument("--max-texts", type=int, default=DEFAULT_MAX_TEXTS,
                    help=f"texts per request (default: {DEFAULT_MAX_TEXTS})")
