@@ -23,6 +23,8 @@ def masked_accuracy(scores: torch.Tensor, targets: torch.Tensor, mask: torch.Ten
     total = int(mask.sum())
     if total == 0:
         return float("nan")
+    if scores.is_floating_point() and scores.element_size() < 4:  # bf16/fp16: on a CPU, upcast + argmax is 2-3x faster
+        scores = scores.float()
     correct = ((scores.argmax(dim=-1) == targets) & mask).sum()
     return float(correct) / total
 

@@ -81,6 +81,11 @@ def position_encoding(length: int | torch.Tensor, depth: int, start: int | torch
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
 
+def key_bias(mask: torch.Tensor) -> torch.Tensor:
+    """mask (B, S) True on keys to attend to -> the additive bias (B, S) on their scores: 0, or -inf."""
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
 class Attention(nn.Module):
     """Multi-head attention with biases on the query, key, value and output projections."""
 
@@ -103,6 +108,17 @@ class Attention(nn.Module):
     def forward(self, x, memory, mask=None, causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
         """x (B, T, D) attends to memory (B, S, D); mask (B, S) True on keys to attend to -> (B, T, D)."""
         q, k, v = self.split(self.query(x)), self.split(self.key(memory)), self.split(self.value(memory))
+        if q.device.type == "cpu" and torch.is_grad_enabled():
+            # Training on a CPU: plain matrix products. On sentences this short they train as fast as SDPA with
+            # dropout, and 1.2-1.3x faster without it, where SDPA picks a flash kernel whose backward pass is slow
+            # (benchmarks/RESULTS.md, "Attention on a CPU").
+            bias = None if mask is None else key_bias(mask)[:, None, None, :]
+            if causal:
+                T = q.shape[2]
+                future = torch.full((T, T), float("-inf"), device=q.device).triu(1)
+                bias = future if bias is None else bias + future
+            weights = F.dropout(self.attention_weights(q, k, bias), dropout, training=dropout > 0)
+            return self.out(self.merge(torch.matmul(weights, v)))
         mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, S): the same keys for every head and query
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         return self.out(self.merge(out))
@@ -276,7 +292,7 @@ class InferenceEncoder(nn.Module):
         memory, mask = self.encoder(src, lengths)  # (B, S, D), (B, S)
         memory_k = torch.stack([a.split(a.key(memory)) for a in self.cross], dim=1)  # (B, L, heads, S, d_head)
         memory_v = torch.stack([a.split(a.value(memory)) for a in self.cross], dim=1)
-        bias = torch.zeros(mask.shape, device=src.device).masked_fill(~mask, float("-inf"))
+        bias = key_bias(mask)
         first = self.cross[0]
         empty = memory.new_zeros(len(self.cross), src.shape[0], first.heads, 0, first.head_size)
         return empty, empty, memory_k, memory_v, bias
