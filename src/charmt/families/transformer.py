@@ -108,17 +108,16 @@ class Attention(nn.Module):
     def forward(self, x, memory, mask=None, causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
         """x (B, T, D) attends to memory (B, S, D); mask (B, S) True on keys to attend to -> (B, T, D)."""
         q, k, v = self.split(self.query(x)), self.split(self.key(memory)), self.split(self.value(memory))
-        if q.device.type == "cpu" and torch.is_grad_enabled():
-            # Training on a CPU: plain matrix products. On sentences this short they train as fast as SDPA with
-            # dropout, and 1.2-1.3x faster without it, where SDPA picks a flash kernel whose backward pass is slow
-            # (benchmarks/RESULTS.md, "Attention on a CPU").
+        if q.device.type == "cpu" and torch.is_grad_enabled() and dropout == 0:
+            # Training on a CPU without dropout: plain matrix products. There SDPA picks its flash kernel, whose
+            # backward pass is slow on sentences this short: 1.26x the pairs per second in bf16 without it
+            # (benchmarks/RESULTS.md, "Attention on a CPU"). With dropout SDPA computes this way itself.
             bias = None if mask is None else key_bias(mask)[:, None, None, :]
             if causal:
                 T = q.shape[2]
                 future = torch.full((T, T), float("-inf"), device=q.device).triu(1)
                 bias = future if bias is None else bias + future
-            weights = F.dropout(self.attention_weights(q, k, bias), dropout, training=dropout > 0)
-            return self.out(self.merge(torch.matmul(weights, v)))
+            return self.out(self.merge(torch.matmul(self.attention_weights(q, k, bias), v)))
         mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, S): the same keys for every head and query
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         return self.out(self.merge(out))
