@@ -46,6 +46,14 @@ def test_padding_counts_neither_way():
     assert math.isnan(masked_accuracy(scores, targets, torch.zeros(1, 4, dtype=torch.bool)))
 
 
+def test_bf16_scores_count_as_their_float32_values():
+    # bf16 scores are upcast before argmax (faster on a CPU); ties still go to the first class.
+    scores = torch.tensor([[[1.0, 1.0, 0.5], [0.25, 3.0, 3.0], [2.0, -1.0, 7.0]]])
+    targets, mask = torch.tensor([[0, 1, 2]]), torch.ones(1, 3, dtype=torch.bool)
+    assert masked_accuracy(scores.bfloat16(), targets, mask) == masked_accuracy(scores, targets, mask) == 1.0
+    assert masked_accuracy(scores.bfloat16(), torch.tensor([[1, 2, 2]]), mask) == pytest.approx(1 / 3)
+
+
 HYPS = ["le chat dort", "un chien", "bonjour", "il fait froid ici"]
 REFS = [["le chat dort", "la chatte dort"], ["un gros chien"], ["salut", "bonjour !", "bonjour"],
         ["il fait froid", "ici il fait froid"]]
