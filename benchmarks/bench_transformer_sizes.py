@@ -20,7 +20,6 @@ import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 from _common import environment, parser, print_environment, save_results, setup_threads
 
 from charmt.config import ModelConfig
@@ -31,25 +30,17 @@ from charmt.training import training_autocast
 BATCH, SOURCE, TARGET = 64, 12, 14
 
 
-def _sdpa_forward(self, x, memory, mask=None, causal: bool = False, dropout: float = 0.0):
-    """Attention.forward as it was before charmt trained without dropout through matrix products on CPUs."""
-    q, k, v = self.split(self.query(x)), self.split(self.key(memory)), self.split(self.value(memory))
-    mask = None if mask is None else mask[:, None, None, :]
-    return self.out(self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                              is_causal=causal)))
-
-
 @contextlib.contextmanager
 def attention_path(name: str):
     if name not in ("matmul", "sdpa"):
         raise SystemExit(f"attention must be matmul or sdpa, got {name!r}")
-    library_forward = Attention.forward
+    library_choice = Attention.__dict__["multiplies_itself"]  # the staticmethod itself
     if name == "sdpa":
-        Attention.forward = _sdpa_forward
+        Attention.multiplies_itself = staticmethod(lambda q, dropout: False)
     try:
         yield
     finally:
-        Attention.forward = library_forward
+        Attention.multiplies_itself = library_choice
 
 
 def pairs_per_s(width: int, layers: int, ff: int, vocab: int, precision: str, steps: int,

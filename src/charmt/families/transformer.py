@@ -108,10 +108,7 @@ class Attention(nn.Module):
     def forward(self, x, memory, mask=None, causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
         """x (B, T, D) attends to memory (B, S, D); mask (B, S) True on keys to attend to -> (B, T, D)."""
         q, k, v = self.split(self.query(x)), self.split(self.key(memory)), self.split(self.value(memory))
-        if q.device.type == "cpu" and torch.is_grad_enabled() and dropout == 0:
-            # Training on a CPU without dropout: plain matrix products. There SDPA picks its flash kernel, whose
-            # backward pass is slow on sentences this short: 1.26x the pairs per second in bf16 without it
-            # (benchmarks/RESULTS.md, "Attention on a CPU"). With dropout SDPA computes this way itself.
+        if self.multiplies_itself(q, dropout):
             bias = None if mask is None else key_bias(mask)[:, None, None, :]
             if causal:
                 T = q.shape[2]
@@ -121,6 +118,14 @@ class Attention(nn.Module):
         mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, S): the same keys for every head and query
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         return self.out(self.merge(out))
+
+    @staticmethod
+    def multiplies_itself(q: torch.Tensor, dropout: float) -> bool:
+        """Whether forward computes through plain matrix products rather than SDPA: when training on a CPU without
+        dropout. There SDPA picks its flash kernel, whose backward pass is slow on sentences this short: 1.26x the
+        pairs per second in bf16 without it (benchmarks/RESULTS.md, "Attention on a CPU"). With dropout SDPA
+        computes this way itself."""
+        return q.device.type == "cpu" and torch.is_grad_enabled() and dropout == 0
 
     def attention_weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The attention weights of split queries (..., T, d_head) over split keys (..., S, d_head), plus an
