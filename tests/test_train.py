@@ -76,7 +76,20 @@ def test_bucketed_batches_cover_every_pair_once_with_less_padding():
     plain = make_batches(data, 32, torch.Generator().manual_seed(1), bucket=False)
     for batches in (bucketed, plain):
         assert sorted(i for b in batches for i in b) == list(range(1000))
-    assert _padding_share(data, bucketed) < 0.1 < 0.3 < _padding_share(data, plain)
+    assert _padding_share(data, bucketed) < 0.05 < 0.3 < _padding_share(data, plain)
+
+
+def test_bucketed_batches_change_from_epoch_to_epoch():
+    # The epoch is sorted by length, but pairs of equal lengths keep their shuffled order: each epoch (generator)
+    # groups them into other batches, and batches of one length come in another order.
+    lengths = [1 + i % 4 for i in range(400)]
+    data = EncodedPairs([[5] * n for n in lengths], [[2, 5, 3]] * len(lengths))
+    epochs = [make_batches(data, 10, torch.Generator().manual_seed(seed), bucket=True) for seed in (0, 1)]
+    for batches in epochs:
+        assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)
+    first, second = ({frozenset(batch) for batch in batches} for batches in epochs)
+    assert len(first & second) < len(first) // 2
+    assert [lengths[b[0]] for b in epochs[0]] != sorted(lengths[b[0]] for b in epochs[0])
 
 
 def test_short_repeats_show_short_sources_that_many_times_per_epoch():

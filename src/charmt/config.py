@@ -129,7 +129,7 @@ class TrainConfig:
     clip_grad_norm: float = 0.0  # 0: no clipping
     patience: int = 0  # stop after this many epochs without a better validation chrF (0: never)
     time_budget_minutes: float = 0.0  # stop cleanly once training has run this long (0: no budget)
-    bucket: bool = True  # batch sentences of similar length together, so little of each batch is padding
+    bucket: bool = True  # batch sentences of (nearly) one length together, so little of each batch is padding
     # Show pairs whose source has at most `short_source_length` characters this many times per epoch: short
     # sentences are cheap to train on and idiomatic, and upweighting them costs the long ones little.
     short_repeats: int = 1
