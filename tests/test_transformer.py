@@ -259,8 +259,8 @@ def test_unknown_arch_is_a_config_error():
 
 
 def test_training_attention_on_a_cpu_computes_what_sdpa_computes(monkeypatch):
-    # Without dropout, training on a CPU multiplies the matrices itself (SDPA's flash kernel is slow backwards).
-    # With padded sources, padded targets and the causal mask, it gives SDPA's loss and gradients.
+    # Training on a CPU multiplies the matrices itself (SDPA's flash kernel is slow backwards). With padded sources,
+    # padded targets and the causal mask, it gives SDPA's loss and gradients.
     model = make_model(dropout=0.0)
     src, lengths, tgt_in, tgt_out = reversal_batch(torch.Generator().manual_seed(5), 8)
     assert lengths.min() < lengths.max()  # some padding
@@ -272,7 +272,7 @@ def test_training_attention_on_a_cpu_computes_what_sdpa_computes(monkeypatch):
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     loss, grads = gradients()
-    monkeypatch.setattr(Attention, "multiplies_itself", staticmethod(lambda q, dropout: False))
+    monkeypatch.setattr(Attention, "multiplies_itself", staticmethod(lambda q: False))
     sdpa_loss, sdpa_grads = gradients()
     torch.testing.assert_close(loss, sdpa_loss)
     for grad, sdpa_grad in zip(grads, sdpa_grads):

@@ -28,9 +28,12 @@ cross-attention averaged over all heads, which is CTranslate2's `alignment_heads
 first head only).
 
 The target embedding is the output projection's weight (tied), plus an output bias; `share_embeddings` makes the
-source use it too. Dropout (embeddings, attention weights, sub-layer outputs, the feed-forward's hidden layer) is
-given to each call, so it never depends on a module's train/eval flag: the inference modules share the trained
-model's layers, and calling `.eval()` on them must not change how training runs.
+source use it too. Dropout is residual dropout, as in Vaswani et al. (2017, section 5.4) and fairseq's defaults: on
+the embeddings and on each sub-layer's output before it joins the residual stream, not on attention weights or the
+feed-forward's hidden layer (on a CPU those masks cost a sixth of a training step and kept attention off its fast
+path; README, "Model families"). It is given to each call, so it never depends on a module's train/eval flag: the
+inference modules share the trained model's layers, and calling `.eval()` on them must not change how training
+runs.
 """
 
 from __future__ import annotations
@@ -105,10 +108,10 @@ class Attention(nn.Module):
         """(B, heads, T, d_head) -> (B, T, D)."""
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.heads * self.head_size)
 
-    def forward(self, x, memory, mask=None, causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
+    def forward(self, x, memory, mask=None, causal: bool = False) -> torch.Tensor:
         """x (B, T, D) attends to memory (B, S, D); mask (B, S) True on keys to attend to -> (B, T, D)."""
         q, k, v = self.split(self.query(x)), self.split(self.key(memory)), self.split(self.value(memory))
-        if self.multiplies_itself(q, dropout):
+        if self.multiplies_itself(q):
             bias = None if mask is None else key_bias(mask)[:, None, None, :]
             if causal:
                 T = q.shape[2]
@@ -116,16 +119,15 @@ class Attention(nn.Module):
                 bias = future if bias is None else bias + future
             return self.out(self.merge(torch.matmul(self.attention_weights(q, k, bias), v)))
         mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, S): the same keys for every head and query
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.out(self.merge(out))
 
     @staticmethod
-    def multiplies_itself(q: torch.Tensor, dropout: float) -> bool:
-        """Whether forward computes through plain matrix products rather than SDPA: when training on a CPU without
-        dropout. There SDPA picks its flash kernel, whose backward pass is slow on sentences this short: 1.26x the
-        pairs per second in bf16 without it (benchmarks/RESULTS.md, "Attention on a CPU"). With dropout SDPA
-        computes this way itself."""
-        return q.device.type == "cpu" and torch.is_grad_enabled() and dropout == 0
+    def multiplies_itself(q: torch.Tensor) -> bool:
+        """Whether forward computes through plain matrix products rather than SDPA: when training on a CPU. There
+        SDPA picks its flash kernel, whose backward pass is slow on sentences this short: 1.26x the pairs per second
+        in bf16 without it (benchmarks/RESULTS.md, "Attention on a CPU")."""
+        return q.device.type == "cpu" and torch.is_grad_enabled()
 
     def attention_weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """The attention weights of split queries (..., T, d_head) over split keys (..., S, d_head), plus an
@@ -142,8 +144,8 @@ class FeedForward(nn.Module):
         self.linear_in = nn.Linear(hidden_size, ff_size)
         self.linear_out = nn.Linear(ff_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
-        return self.linear_out(F.dropout(F.relu(self.linear_in(x)), dropout, training=dropout > 0))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_out(F.relu(self.linear_in(x)))
 
 
 class EncoderLayer(nn.Module):
@@ -158,8 +160,8 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         """x (B, S, D), mask (B, S) True on real tokens -> (B, S, D)."""
         h = self.self_norm(x)
-        x = x + F.dropout(self.self_attention(h, h, mask, dropout=dropout), dropout, training=dropout > 0)
-        return x + F.dropout(self.ff(self.ff_norm(x), dropout), dropout, training=dropout > 0)
+        x = x + F.dropout(self.self_attention(h, h, mask), dropout, training=dropout > 0)
+        return x + F.dropout(self.ff(self.ff_norm(x)), dropout, training=dropout > 0)
 
 
 class DecoderLayer(nn.Module):
@@ -176,10 +178,9 @@ class DecoderLayer(nn.Module):
     def forward(self, y, memory, mask, dropout: float = 0.0) -> torch.Tensor:
         """y (B, T, D) attends causally to itself and to memory (B, S, D) where mask (B, S) -> (B, T, D)."""
         h = self.self_norm(y)
-        y = y + F.dropout(self.self_attention(h, h, causal=True, dropout=dropout), dropout, training=dropout > 0)
-        y = y + F.dropout(self.cross_attention(self.cross_norm(y), memory, mask, dropout=dropout), dropout,
-                          training=dropout > 0)
-        return y + F.dropout(self.ff(self.ff_norm(y), dropout), dropout, training=dropout > 0)
+        y = y + F.dropout(self.self_attention(h, h, causal=True), dropout, training=dropout > 0)
+        y = y + F.dropout(self.cross_attention(self.cross_norm(y), memory, mask), dropout, training=dropout > 0)
+        return y + F.dropout(self.ff(self.ff_norm(y)), dropout, training=dropout > 0)
 
 
 def _embed(embedding: nn.Embedding, tokens: torch.Tensor, start=0) -> torch.Tensor:
