@@ -30,10 +30,10 @@ first head only).
 The target embedding is the output projection's weight (tied), plus an output bias; `share_embeddings` makes the
 source use it too. Dropout is residual dropout, as in Vaswani et al. (2017, section 5.4) and fairseq's defaults: on
 the embeddings and on each sub-layer's output before it joins the residual stream, not on attention weights or the
-feed-forward's hidden layer (on a CPU those masks cost a sixth of a training step and kept attention off its fast
-path; README, "Model families"). It is given to each call, so it never depends on a module's train/eval flag: the
-inference modules share the trained model's layers, and calling `.eval()` on them must not change how training
-runs.
+feed-forward's hidden layer (on a CPU drawing masks took up to a sixth of a training step, and attention's masks kept
+it off its fast path; README, "Model families"). It is given to each call, so it never depends on a module's
+train/eval flag: the inference modules share the trained model's layers, and calling `.eval()` on them must not
+change how training runs.
 """
 
 from __future__ import annotations
