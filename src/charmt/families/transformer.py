@@ -160,8 +160,8 @@ class EncoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
         """x (B, S, D), mask (B, S) True on real tokens -> (B, S, D)."""
         h = self.self_norm(x)
-        x = x + F.dropout(self.self_attention(h, h, mask), dropout, training=dropout > 0)
-        return x + F.dropout(self.ff(self.ff_norm(x)), dropout, training=dropout > 0)
+        x = x + _residual_dropout(self.self_attention(h, h, mask), dropout)
+        return x + _residual_dropout(self.ff(self.ff_norm(x)), dropout)
 
 
 class DecoderLayer(nn.Module):
@@ -178,9 +178,14 @@ class DecoderLayer(nn.Module):
     def forward(self, y, memory, mask, dropout: float = 0.0) -> torch.Tensor:
         """y (B, T, D) attends causally to itself and to memory (B, S, D) where mask (B, S) -> (B, T, D)."""
         h = self.self_norm(y)
-        y = y + F.dropout(self.self_attention(h, h, causal=True), dropout, training=dropout > 0)
-        y = y + F.dropout(self.cross_attention(self.cross_norm(y), memory, mask), dropout, training=dropout > 0)
-        return y + F.dropout(self.ff(self.ff_norm(y)), dropout, training=dropout > 0)
+        y = y + _residual_dropout(self.self_attention(h, h, causal=True), dropout)
+        y = y + _residual_dropout(self.cross_attention(self.cross_norm(y), memory, mask), dropout)
+        return y + _residual_dropout(self.ff(self.ff_norm(y)), dropout)
+
+
+def _residual_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout at rate p, given per call (p = 0 outside training; see the module docstring)."""
+    return F.dropout(x, p, training=p > 0)
 
 
 def _embed(embedding: nn.Embedding, tokens: torch.Tensor, start=0) -> torch.Tensor:
@@ -199,7 +204,7 @@ class Encoder(nn.Module):
     def forward(self, src, lengths, dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S), lengths (B,) >= 1 -> memory (B, S, D), mask (B, S) True on real tokens."""
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < lengths.to(src.device)[:, None]
-        x = F.dropout(_embed(self.embedding, src), dropout, training=dropout > 0)
+        x = _residual_dropout(_embed(self.embedding, src), dropout)
         for layer in self.layers:
             x = layer(x, mask, dropout)
         return self.norm(x), mask
@@ -216,7 +221,7 @@ class Decoder(nn.Module):
 
     def forward(self, tgt, memory, mask, dropout: float = 0.0) -> torch.Tensor:
         """tgt (B, T) starting with START, memory (B, S, D), mask (B, S) -> logits (B, T, V)."""
-        y = F.dropout(_embed(self.embedding, tgt), dropout, training=dropout > 0)
+        y = _residual_dropout(_embed(self.embedding, tgt), dropout)
         for layer in self.layers:
             y = layer(y, memory, mask, dropout)
         return self.output(self.norm(y))
