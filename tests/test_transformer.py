@@ -158,6 +158,24 @@ def test_dropout_only_in_training_even_after_building_inference_modules():
     torch.testing.assert_close(model(src, lengths, tgt_in)[0], model(src, lengths, tgt_in)[0], atol=0, rtol=0)
 
 
+def test_cpu_dropout_masks_at_rate_p_scaled_and_decided_by_the_torch_seed():
+    from charmt.families.transformer import _residual_dropout
+
+    x = torch.randn(200, 301, dtype=torch.bfloat16, requires_grad=True)  # an odd size: not a multiple of 4 draws
+    torch.manual_seed(5)
+    y = _residual_dropout(x, 0.1)
+    dropped = y == 0
+    assert y.dtype == torch.bfloat16 and abs(dropped.float().mean().item() - 0.1) < 0.005
+    scale = 65536 / (65536 - 6554)  # 0.1 to 1/65,536
+    torch.testing.assert_close(y[~dropped], (x[~dropped].float() * scale).bfloat16(), atol=0, rtol=0)
+    y.float().sum().backward()
+    assert torch.equal(x.grad == 0, dropped)
+    torch.manual_seed(5)
+    assert torch.equal(_residual_dropout(x, 0.1), y)
+    assert not torch.equal(_residual_dropout(x, 0.1), y)  # the generator moved on
+    assert _residual_dropout(x, 0.0) is x
+
+
 def test_initialisation():
     model = make_model(hidden_size=64)
     embedding = model.decoder.embedding.weight

@@ -31,7 +31,8 @@ The target embedding is the output projection's weight (tied), plus an output bi
 source use it too. Dropout is residual dropout, as in Vaswani et al. (2017, section 5.4) and fairseq's defaults: on
 the embeddings and on each sub-layer's output before it joins the residual stream, not on attention weights or the
 feed-forward's hidden layer (on a CPU drawing masks took up to a sixth of a training step, and attention's masks kept
-it off its fast path; README, "Model families"). It is given to each call, so it never depends on a module's
+it off its fast path; README, "Model families"); on a CPU the masks' random bits come from NumPy, which draws them
+faster than PyTorch there (`_residual_dropout`). It is given to each call, so it never depends on a module's
 train/eval flag: the inference modules share the trained model's layers, and calling `.eval()` on them must not
 change how training runs.
 """
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -185,7 +187,18 @@ class DecoderLayer(nn.Module):
 
 def _residual_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Dropout at rate p, given per call (p = 0 outside training; see the module docstring)."""
-    return F.dropout(x, p, training=p > 0)
+    if p == 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    # PyTorch draws a CPU dropout mask from its Mersenne Twister, one number per element on one thread. Here 16
+    # random bits per element come from NumPy's SFC64, four to each 64-bit draw, seeded from PyTorch's generator
+    # so that torch.manual_seed and --resume still decide every mask; the rate is p rounded to 1/65,536.
+    dropped, n = round(p * 65536), x.numel()
+    seed = int(torch.randint(0, 2**63 - 1, (1,)))
+    bits = np.random.SFC64(seed).random_raw(-(-n // 4)).view(np.int16)[:n].reshape(x.shape)
+    keep = torch.from_numpy(bits) >= dropped - 32768  # uniform over the 65,536 values of an int16
+    return torch.where(keep, x, 0) * (65536 / (65536 - dropped))
 
 
 def _embed(embedding: nn.Embedding, tokens: torch.Tensor, start=0) -> torch.Tensor:
