@@ -174,6 +174,7 @@ def test_cpu_dropout_masks_at_rate_p_scaled_and_decided_by_the_torch_seed():
     assert torch.equal(_residual_dropout(x, 0.1), y)
     assert not torch.equal(_residual_dropout(x, 0.1), y)  # the generator moved on
     assert _residual_dropout(x, 0.0) is x
+    assert (_residual_dropout(x, 0.999999) == 0).float().mean() > 0.99  # accepted by ModelConfig (< 1)
 
 
 def test_initialisation():

@@ -194,7 +194,7 @@ def _residual_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     # PyTorch draws a CPU dropout mask from its Mersenne Twister, one number per element on one thread. Here 16
     # random bits per element come from NumPy's SFC64, four to each 64-bit draw, seeded from PyTorch's generator
     # so that torch.manual_seed and --resume still decide every mask; the rate is p rounded to 1/65,536.
-    dropped, n = round(p * 65536), x.numel()
+    dropped, n = min(round(p * 65536), 65535), x.numel()  # a rate just under 1 must not divide by 0
     seed = int(torch.randint(0, 2**63 - 1, (1,)))
     bits = np.random.SFC64(seed).random_raw(-(-n // 4)).view(np.int16)[:n].reshape(x.shape)
     keep = torch.from_numpy(bits) >= dropped - 32768  # uniform over the 65,536 values of an int16
