@@ -24,7 +24,6 @@ from _common import environment, parser, print_environment, save_results, setup_
 import charmt.families.transformer as transformer
 import charmt.training
 from charmt.config import preset_configs
-from charmt.training import train
 
 MASKS = {
     "torch": lambda x, p: F.dropout(x, p, training=p > 0),
@@ -64,7 +63,7 @@ def step_times(data: str, minutes: float, layers: int) -> tuple[dict[str, list[f
     charmt.training.collate = collate_counting
     try:
         with tempfile.TemporaryDirectory() as out:
-            train(data, out, model_config=replace(model_config, num_layers=layers),
+            charmt.training.train(data, out, model_config=replace(model_config, num_layers=layers),
                   train_config=replace(train_config, time_budget_minutes=minutes), selection=selection,
                   preset="transformer", callback=on_event)
     finally:

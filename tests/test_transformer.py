@@ -18,6 +18,7 @@ from charmt.families.transformer import (
     DecoderStep,
     InferenceEncoder,
     Transformer,
+    _residual_dropout,
     export_examples,
     position_encoding,
     state_names,
@@ -159,8 +160,6 @@ def test_dropout_only_in_training_even_after_building_inference_modules():
 
 
 def test_cpu_dropout_masks_at_rate_p_scaled_and_decided_by_the_torch_seed():
-    from charmt.families.transformer import _residual_dropout
-
     x = torch.randn(200, 301, dtype=torch.bfloat16, requires_grad=True)  # an odd size: not a multiple of 4 draws
     torch.manual_seed(5)
     y = _residual_dropout(x, 0.1)
